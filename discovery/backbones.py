@@ -1,0 +1,152 @@
+"""ResNet50 backbones by name: build the trunk, load verified weights, expose layer4 features.
+
+``load_backbone("imagenet")`` is the one entry point; see :func:`discovery.weights.backbone_names`
+for the accepted names. Device and output stride are parameters; nothing is global.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import resnet50
+
+from . import weights as W
+
+STRIDE_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What was loaded: ``name`` as typed, ``sha256`` of the file (``random-seedN`` for random init),
+    ``has_classifier`` (the 1000-way ImageNet head is present), ``metadata`` from the checkpoint."""
+
+    name: str
+    sha256: str
+    has_classifier: bool
+    path: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_random(self) -> bool:
+        return self.sha256.startswith("random")
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet50 split into a trunk (conv1..layer4) and an optional classifier.
+
+    ``forward(x)`` maps a normalised batch ``(B, 3, H, W)`` float32 to layer4 features
+    ``(B, 2048, H/stride, W/stride)`` (after the last ReLU, H and W multiples of 16).
+    """
+
+    def __init__(self, net: nn.Module, info: BackboneInfo, stride: int, mean, std):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
+        self.fc: nn.Linear | None = net.fc if info.has_classifier else None
+        self.info = info
+        self.stride = stride
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, 2048, h, w)`` layer4 features → ``(B, 1000)`` logits (global average pool + fc)."""
+        if self.fc is None:
+            raise ValueError(f"backbone {self.name!r} has no classifier")
+        return self.fc(features.mean(dim=(2, 3)))
+
+
+def _resnet(stride: int) -> nn.Module:
+    return resnet50(weights=None, replace_stride_with_dilation=STRIDE_DILATION[stride])
+
+
+def load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> bool:
+    """Load ``state`` into ``net``; return whether it had the classifier.
+
+    Only ``fc.*`` may be missing; anything else missing, unexpected or mis-shaped is refused
+    (LOST's ``strict=False`` would let a prefix mismatch load nothing, silently).
+    """
+    result = None
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        shapes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise W.WeightsError(f"{source}: wrong tensor shapes for ResNet50 ({shapes[0] if shapes else err})") from None
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        problem = (
+            f"missing {len(missing)} keys (e.g. {missing[0]})" if missing
+            else f"unexpected keys (e.g. {result.unexpected_keys[0]})"
+        )
+        raise W.WeightsError(f"{source}: not a ResNet50 state dict: {problem}")
+    return not any(k.startswith("fc.") for k in result.missing_keys)
+
+
+def load_backbone(
+    name: str = "imagenet",
+    device: str | torch.device = "cpu",
+    stride: int = 16,
+    weights_dir: str | Path | None = None,
+    download: bool = True,
+    seed: int = 0,
+) -> Backbone:
+    """Build a ResNet50 backbone by name, in eval mode with frozen parameters, on ``device``.
+
+    Args:
+        name: a registry name (``imagenet``, ``imagenet-v2``, ``dino``, ``random``), ``pul:PATH``,
+            or a path to a ``.safetensors`` / ``.pt`` / ``.pth`` ResNet50 checkpoint.
+        stride: output stride of layer4: 32 (no dilation), 16 (layer4 dilated, LOST's setting) or
+            8 (layer3 and layer4 dilated).
+        weights_dir: where registry files live (default :func:`discovery.weights.default_weights_dir`).
+        download: fetch a missing registry file when a network exists.
+        seed: the seed of the ``random`` backbone.
+
+    Raises:
+        discovery.weights.WeightsError: one line saying what is wrong and how to fix it.
+    """
+    if stride not in STRIDE_DILATION:
+        raise ValueError(f"stride must be one of {sorted(STRIDE_DILATION)}, got {stride}")
+    weights_dir = Path(weights_dir) if weights_dir is not None else None
+    mean, std = W.IMAGENET_MEAN, W.IMAGENET_STD
+    checkpoint = name[4:] if name.startswith("pul:") else None
+    if checkpoint is None and name not in W.REGISTRY and name.endswith(W.CHECKPOINT_SUFFIXES):
+        checkpoint = name
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        state, meta = W.load_file(path)
+        net = _resnet(stride)
+        has_fc = load_state(net, state, str(path))
+        info = BackboneInfo(name, W.sha256_file(path), has_fc, str(path), meta)
+    elif name == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = _resnet(stride)
+        info = BackboneInfo(name, f"random-seed{seed}", True)
+    else:
+        spec = W.get_spec(name)
+        path, digest = W.resolve(name, weights_dir, download)
+        state, meta = W.load_file(path)
+        if not spec.has_classifier:
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        net = _resnet(stride)
+        has_fc = load_state(net, state, str(path))
+        info = BackboneInfo(name, digest, has_fc, str(path), meta)
+        mean, std = spec.mean, spec.std
+    backbone = Backbone(net, info, stride, mean, std).to(device).eval()
+    backbone.requires_grad_(False)
+    return backbone

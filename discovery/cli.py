@@ -1,0 +1,48 @@
+"""``discovery`` console script: a thin argparse layer over the library.
+
+Each subcommand lives in ``discovery/commands/<name>.py`` and provides ``register(subparsers)``,
+which adds its parser and sets ``run=`` to a function ``(args) -> exit code``.
+User mistakes (bad images, missing weights, bad arguments) end in one ``error:`` line, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .images import ImageError
+from .weights import WeightsError, backbone_names
+
+COMMANDS = ("locate", "demo", "weights")
+
+USER_ERRORS = (WeightsError, ImageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def add_backbone_args(parser: argparse.ArgumentParser, default: str = "imagenet") -> None:
+    """The options every model-running command shares."""
+    parser.add_argument("--backbone", default=default, help=f"one of: {', '.join(backbone_names())} (default {default})")
+    parser.add_argument("--stride", type=int, default=16, choices=(8, 16, 32), help="layer4 output stride (default 16)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--weights-dir", default=None, help="folder of weights files (default: the project's weights/)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f".commands.{name}", __package__).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,72 @@
+"""``discovery locate IMAGE...``: one JSON line per image, optional overlay PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import viz
+from ..cli import add_backbone_args
+from ..images import ImageError
+from ..localizer import DEFAULT_MAX_SIDE, Localization, Localizer
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("locate", help="find the object in images with LOST")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    add_backbone_args(p)
+    p.add_argument("--k", type=int, default=100, help="LOST expansion candidates (default 100)")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="shrink larger images to this side first (0: never)")
+    p.add_argument("--overlay-dir", type=Path, default=None, help="write <name>_lost.png overlays here")
+    p.set_defaults(run=run)
+
+
+def lost_panels(rgb: np.ndarray, loc: Localization) -> np.ndarray:
+    """Box and seed | degree map | seed mask, side by side."""
+    return viz.side_by_side(
+        viz.draw_box(rgb, loc.box, loc.image_size, loc.seed_xy),
+        viz.degree_map(rgb, loc.degree),
+        viz.mask_overlay(rgb, loc.mask),
+    )
+
+
+def unique_path(directory: Path, stem: str, suffix: str, taken: set[Path]) -> Path:
+    path, n = directory / f"{stem}{suffix}", 1
+    while path in taken:
+        path, n = directory / f"{stem}-{n}{suffix}", n + 1
+    taken.add(path)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise ValueError(f"--k must be at least 1, got {args.k}")
+    localizer = Localizer(
+        args.backbone, device=args.device, stride=args.stride, k=args.k,
+        max_side=args.max_side or None, weights_dir=args.weights_dir,
+    )
+    if localizer.backbone.info.is_random:
+        print("note: backbone 'random' is a pipeline check, not a model", file=sys.stderr)
+    if args.overlay_dir:
+        args.overlay_dir.mkdir(parents=True, exist_ok=True)
+    failed, written = 0, set()
+    for image in args.images:
+        try:
+            emb = localizer.embed(image)
+        except ImageError as err:
+            print(f"error: {image}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        loc = localizer.localize(emb)
+        record = {"image": image, **loc.to_json()}
+        if args.overlay_dir:
+            out = unique_path(args.overlay_dir, Path(image).stem, "_lost.png", written)
+            Image.fromarray(lost_panels(emb.image.rgb, loc)).save(out)
+            record["overlay"] = str(out)
+        print(json.dumps(record), flush=True)
+    return 1 if failed else 0

@@ -1,0 +1,154 @@
+"""The Python API: ``Localizer`` turns an image into a LOST box, seed, degree map and mask.
+
+The expensive step (the backbone's forward pass, :meth:`Localizer.embed`) is separate from the
+cheap one (:meth:`Localizer.localize`), so features computed once can serve LOST and Grad-CAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .backbones import Backbone, load_backbone
+from .images import ImageInput, PreparedImage, prepare
+from .lost import LostResult, localize_batch
+
+DEFAULT_MAX_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A prepared image and its layer4 features ``(2048, h, w)`` float32 (on the backbone's device)."""
+
+    image: PreparedImage
+    features: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Localization:
+    """LOST's answer for one image.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` float pixels of the original image, right/bottom exclusive.
+        seed: ``(row, col)`` on the feature grid.
+        seed_xy: ``(x, y)`` float pixels of the original image, the centre of the seed's cell.
+        degree: ``(h, w)`` int64, the degree map (low degree = likely object).
+        mask: ``(h, w)`` bool, the seed's component.
+        image_size: ``(H, W)`` of the original image.
+        backbone: backbone name; weights_sha256: the weights file's hash (``random-seedN`` for random).
+        stride, k: the LOST settings used.
+    """
+
+    box: tuple[float, float, float, float]
+    seed: tuple[int, int]
+    seed_xy: tuple[float, float]
+    degree: torch.Tensor
+    mask: torch.Tensor
+    image_size: tuple[int, int]
+    backbone: str
+    weights_sha256: str
+    stride: int
+    k: int
+
+    def to_json(self) -> dict:
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "seed": [round(v, 2) for v in self.seed_xy],
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+        }
+
+
+class Localizer:
+    """LOST object discovery on a ResNet50 backbone.
+
+    Args:
+        backbone: a name for :func:`discovery.backbones.load_backbone`, or a loaded :class:`Backbone`.
+        device: where the backbone runs (``"cpu"``, ``"cuda"``...).
+        stride: layer4 output stride, 32 / 16 / 8 (ignored when ``backbone`` is already loaded).
+        k: LOST's number of expansion candidates.
+        max_side: images whose longer side exceeds this are shrunk before the forward pass (memory
+            grows with the square of the patch count); boxes are mapped back to original pixels.
+            ``None`` keeps native resolution (the evaluation protocol).
+        weights_dir, download: see :func:`discovery.backbones.load_backbone`.
+        channels_last: run convolutions in NHWC layout (faster on CPU).
+    """
+
+    def __init__(
+        self,
+        backbone: str | Backbone = "imagenet",
+        device: str | torch.device = "cpu",
+        stride: int = 16,
+        k: int = 100,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+        weights_dir: str | Path | None = None,
+        download: bool = True,
+        channels_last: bool = True,
+    ):
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if isinstance(backbone, str):
+            backbone = load_backbone(backbone, device=device, stride=stride, weights_dir=weights_dir, download=download)
+        self.backbone = backbone
+        self.k = k
+        self.max_side = max_side
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.backbone.to(memory_format=self.memory_format)
+
+    @property
+    def stride(self) -> int:
+        return self.backbone.stride
+
+    def prepare(self, image: ImageInput) -> PreparedImage:
+        """Decode, shrink to ``max_side``, normalise and pad; raises :class:`~discovery.images.ImageError`."""
+        return prepare(image, self.backbone.mean, self.backbone.std, self.stride, self.max_side)
+
+    @torch.inference_mode()
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, Hp, Wp)`` normalised padded batch → ``(B, 2048, h, w)`` float32 features."""
+        x = batch.to(self.backbone.device).contiguous(memory_format=self.memory_format)
+        return self.backbone(x).float().contiguous()
+
+    def embed(self, image: ImageInput | PreparedImage) -> Embedding:
+        """The expensive step: run the backbone once."""
+        prepared = image if isinstance(image, PreparedImage) else self.prepare(image)
+        return Embedding(prepared, self.features(prepared.tensor[None])[0])
+
+    def embed_batch(self, images: Sequence[PreparedImage]) -> list[Embedding]:
+        """One forward pass over images of the same padded size (padding is never changed)."""
+        shapes = {tuple(p.tensor.shape) for p in images}
+        if len(shapes) != 1:
+            raise ValueError(f"a batch needs one padded size, got {sorted(shapes)}")
+        feats = self.features(torch.stack([p.tensor for p in images]))
+        return [Embedding(p, f) for p, f in zip(images, feats)]
+
+    def localize(self, embedding: Embedding | Sequence[Embedding]) -> Localization | list[Localization]:
+        """The cheap step: LOST on computed features (one embedding, or a same-shaped list)."""
+        single = isinstance(embedding, Embedding)
+        items = [embedding] if single else list(embedding)
+        feats = torch.stack([e.features for e in items])
+        raw = localize_batch(feats, [e.image.size for e in items], stride=self.stride, k=self.k)
+        out = [self._to_original(e.image, r) for e, r in zip(items, raw)]
+        return out[0] if single else out
+
+    def __call__(self, image: ImageInput) -> Localization:
+        return self.localize(self.embed(image))
+
+    def _to_original(self, image: PreparedImage, res: LostResult) -> Localization:
+        sy, sx = image.scale
+        height, width = image.original_size
+        x1, y1, x2, y2 = res.box
+        box = (x1 * sx, y1 * sy, min(x2 * sx, width), min(y2 * sy, height))
+        row, col = res.seed
+        s = self.stride
+        seed_xy = (  # centre of the seed's cell, clipped to the image
+            (col * s + min((col + 1) * s, image.size[1])) / 2 * sx,
+            (row * s + min((row + 1) * s, image.size[0])) / 2 * sy,
+        )
+        info = self.backbone.info
+        return Localization(
+            box, res.seed, seed_xy, res.degree, res.mask, image.original_size, info.name, info.sha256, self.stride, self.k
+        )

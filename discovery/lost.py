@@ -1,0 +1,134 @@
+"""LOST (Siméoni et al., 2021) on a feature map: degree → seed → expansion → box.
+
+Follows valeoai/LOST's ResNet50 path step by step (DESIGN.md §3); the one deliberate difference is
+that ties in degree are broken by ascending patch index (the reference's argsort leaves it open).
+``localize`` is the batch-of-one case of ``localize_batch``, so both give identical boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+LAYERNORM_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class LostResult:
+    """One image's LOST output.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` float pixels of the (unpadded) input, right/bottom exclusive.
+        seed: ``(row, col)`` of the seed on the feature grid.
+        degree: ``(h, w)`` int64 tensor, per patch the number of other patches with positive affinity.
+        mask: ``(h, w)`` bool tensor, the 4-connected component of ``M > 0`` holding the seed.
+    """
+
+    box: tuple[float, float, float, float]
+    seed: tuple[int, int]
+    degree: torch.Tensor
+    mask: torch.Tensor
+
+
+def standardize(feats: torch.Tensor) -> torch.Tensor:
+    """Per image, one global standardisation over all N×d values (LOST's fresh ``LayerNorm((N, d))``).
+
+    ``feats``: ``(B, N, d)`` float → same shape.
+    """
+    mean = feats.mean(dim=(1, 2), keepdim=True)
+    var = feats.var(dim=(1, 2), unbiased=False, keepdim=True)
+    return (feats - mean) / torch.sqrt(var + LAYERNORM_EPS)
+
+
+def seed_component(positive: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
+    """The 4-connected component of ``positive`` (``(h, w)`` bool) that holds ``seed``.
+
+    A seed outside ``positive`` happens only for degenerate features (all equal: every affinity
+    is 0); the reference raises there, we return the seed's own cell so a box always exists.
+    """
+    if not positive[seed]:
+        mask = np.zeros_like(positive)
+        mask[seed] = True
+        return mask
+    _, labels = cv2.connectedComponents(positive.astype(np.uint8), connectivity=4)
+    return labels == labels[seed]
+
+
+def mask_to_box(mask: np.ndarray, scale: tuple[float, float], image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Feature-grid mask → ``(x1, y1, x2, y2)`` pixels, exclusive edges, clipped to ``image_size`` (H, W)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    sy, sx = scale
+    height, width = image_size
+    return (
+        float(cols[0] * sx),
+        float(rows[0] * sy),
+        float(min((cols[-1] + 1) * sx, width)),
+        float(min((rows[-1] + 1) * sy, height)),
+    )
+
+
+def padded_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """Size after zero-padding bottom/right to a multiple of ``max(16, stride)``."""
+    multiple = max(16, stride)
+    height, width = image_size
+    return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+
+
+@torch.no_grad()
+def localize_batch(
+    features: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    stride: int = 16,
+    k: int = 100,
+) -> list[LostResult]:
+    """LOST on a batch of same-shaped feature maps.
+
+    Args:
+        features: ``(B, C, h, w)`` raw backbone features (before standardisation), any float dtype;
+            computed in float32.
+        image_sizes: per item, the unpadded ``(H, W)`` in pixels, for clipping.
+        stride: pixels per feature cell before clipping (the scale ``s`` of DESIGN.md §3 step 8:
+            padded size / feature size, which equals the stride with our padding).
+        k: number of lowest-degree patches considered for the expansion.
+    """
+    batch, channels, h, w = features.shape
+    if len(image_sizes) != batch:
+        raise ValueError(f"{batch} feature maps but {len(image_sizes)} image sizes")
+    n = h * w
+    feats = standardize(features.float().flatten(2).transpose(1, 2))  # (B, N, d)
+    affinity = torch.bmm(feats, feats.transpose(1, 2))  # (B, N, N)
+    positive = affinity > 0
+    diagonal = torch.diagonal(positive, dim1=1, dim2=2)
+    degree = positive.sum(dim=2) - diagonal.long()  # (B, N)
+    order = torch.sort(degree, dim=1, stable=True).indices  # ties: ascending patch index
+    potentials = order[:, : min(k, n)]  # (B, k)
+    seeds = potentials[:, 0]
+    rows = torch.arange(batch)
+    seed_rows = affinity[rows, seeds]  # (B, N)
+    keep = torch.gather(seed_rows, 1, potentials) > 0
+    keep[:, 0] = True  # the seed is always part of its expansion
+    # M = Σ_j A[j, :] over the kept potentials: a (1, k) × (k, N) product per image.
+    selected = torch.gather(affinity, 1, potentials[:, :, None].expand(-1, -1, n))  # (B, k, N)
+    similarity = torch.bmm(keep.float()[:, None, :], selected)[:, 0]  # (B, N)
+
+    positive_m = (similarity > 0).reshape(batch, h, w).cpu().numpy()
+    degree_maps = degree.reshape(batch, h, w).cpu()
+    results = []
+    for i in range(batch):
+        seed = divmod(int(seeds[i]), w)
+        mask = seed_component(positive_m[i], seed)
+        box = mask_to_box(mask, (float(stride), float(stride)), tuple(image_sizes[i]))
+        results.append(LostResult(box, seed, degree_maps[i], torch.from_numpy(mask)))
+    return results
+
+
+def localize(features: torch.Tensor, image_size: tuple[int, int], stride: int = 16, k: int = 100) -> LostResult:
+    """LOST on one feature map ``(C, h, w)``; see :func:`localize_batch` for the arguments."""
+    if features.dim() != 3:
+        raise ValueError(f"features must be (C, h, w), got shape {tuple(features.shape)}")
+    return localize_batch(features[None], [image_size], stride=stride, k=k)[0]

@@ -1,0 +1,71 @@
+"""Overlays: box and seed, degree heat map, seed mask, saliency heat map.
+
+Every function takes an RGB uint8 ``(H, W, 3)`` image of any size plus coordinates in the original
+image's pixels (``image_size``), and returns a new RGB uint8 array of the same size as the input.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+BOX_COLOR = (255, 40, 40)
+SEED_COLOR = (40, 255, 40)
+
+
+def _ratio(rgb: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float]:
+    return rgb.shape[1] / image_size[1], rgb.shape[0] / image_size[0]
+
+
+def draw_box(
+    rgb: np.ndarray,
+    box: tuple[float, float, float, float],
+    image_size: tuple[int, int],
+    seed_xy: tuple[float, float] | None = None,
+    color: tuple[int, int, int] = BOX_COLOR,
+) -> np.ndarray:
+    """Draw ``box`` (x1, y1, x2, y2 exclusive, original pixels) and an optional seed dot."""
+    out = rgb.copy()
+    rx, ry = _ratio(rgb, image_size)
+    thickness = max(2, round(max(rgb.shape[:2]) / 250))
+    x1, y1, x2, y2 = box
+    cv2.rectangle(out, (round(x1 * rx), round(y1 * ry)), (round(x2 * rx) - 1, round(y2 * ry) - 1), color, thickness)
+    if seed_xy is not None:
+        cv2.circle(out, (round(seed_xy[0] * rx), round(seed_xy[1] * ry)), thickness * 2 + 1, SEED_COLOR, -1)
+    return out
+
+
+def heatmap(rgb: np.ndarray, values: np.ndarray | torch.Tensor, alpha: float = 0.5) -> np.ndarray:
+    """Blend a ``(h, w)`` float map, min-max scaled and upsampled, over ``rgb`` with the JET colormap."""
+    values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    values = values.astype(np.float32)
+    span = float(values.max() - values.min())
+    scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    up = cv2.resize(scaled, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colored = cv2.applyColorMap((up * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+    return (rgb * (1 - alpha) + colored * alpha).astype(np.uint8)
+
+
+def degree_map(rgb: np.ndarray, degree: torch.Tensor) -> np.ndarray:
+    """Inverse degree as a heat map (hot = low degree = where LOST's seed comes from)."""
+    return heatmap(rgb, -degree.float())
+
+
+def mask_overlay(rgb: np.ndarray, mask: torch.Tensor, color: tuple[int, int, int] = BOX_COLOR) -> np.ndarray:
+    """Tint the cells of a feature-grid ``mask`` (``(h, w)`` bool) in ``color``, dim the rest."""
+    m = mask.cpu().numpy().astype(np.uint8)
+    up = cv2.resize(m, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+    out = (rgb * 0.35).astype(np.uint8)
+    out[up] = (rgb[up] * 0.5 + np.array(color) * 0.5).astype(np.uint8)
+    return out
+
+
+def side_by_side(*panels: np.ndarray, gap: int = 8) -> np.ndarray:
+    """Concatenate same-height panels horizontally with a white gap."""
+    height = panels[0].shape[0]
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    parts = []
+    for panel in panels:
+        parts += [panel, spacer]
+    return np.concatenate(parts[:-1], axis=1)

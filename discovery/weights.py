@@ -1,0 +1,268 @@
+"""Weights as data: the registry of known ResNet50 weights, and how files are found, verified and read.
+
+Resolution order for a registry name (DESIGN.md §2): the project's ``weights/`` folder, then the
+torch hub cache (``$TORCH_HOME/hub/checkpoints``), then a download into ``weights/`` when allowed.
+Every local file whose spec carries a hash prefix is checked against it on every load.
+
+Nothing here touches the network unless :func:`fetch` or :func:`resolve` with ``download=True`` is
+called, and ``DISCOVERY_OFFLINE=1`` turns every download off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(Exception):
+    """A weights problem a user can fix; ``str(err)`` is one line that says how."""
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """One registry entry.
+
+    Attributes:
+        name: the name users type (``imagenet``, ``dino``...).
+        url: where the file is published (``None``: nothing to download).
+        filename: the file name under ``weights/`` and the hub cache.
+        sha256_prefix: leading hex digits of the file's sha256 (``None``: none published).
+        has_classifier: whether the file carries the 1000-way ImageNet ``fc`` layer.
+        description: one line for listings.
+        mean, std: the per-channel RGB normalisation the weights were trained with (0..1 input).
+    """
+
+    name: str
+    url: str | None
+    filename: str | None
+    sha256_prefix: str | None
+    has_classifier: bool
+    description: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+REGISTRY: dict[str, WeightsSpec] = {
+    spec.name: spec
+    for spec in (
+        WeightsSpec(
+            name="imagenet",
+            url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+            filename="resnet50-0676ba61.pth",
+            sha256_prefix="0676ba61",
+            has_classifier=True,
+            description="torchvision IMAGENET1K_V1 (LOST's published ResNet50 rows)",
+        ),
+        WeightsSpec(
+            name="imagenet-v2",
+            url="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+            filename="resnet50-11ad3fa6.pth",
+            sha256_prefix="11ad3fa6",
+            has_classifier=True,
+            description="torchvision IMAGENET1K_V2",
+        ),
+        WeightsSpec(
+            name="dino",
+            url="https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
+            filename="dino_resnet50_pretrain.pth",
+            sha256_prefix=None,
+            has_classifier=False,
+            description="DINO self-supervised ResNet50 teacher (headless; no published hash)",
+        ),
+        WeightsSpec(
+            name="random",
+            url=None,
+            filename=None,
+            sha256_prefix=None,
+            has_classifier=True,
+            description="seeded random init: a pipeline check, not a model",
+        ),
+    )
+}
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def backbone_names() -> list[str]:
+    """The names :func:`discovery.backbones.load_backbone` accepts, checkpoint forms last."""
+    return [*REGISTRY, "pul:PATH", "PATH.safetensors|.pt|.pth"]
+
+
+def get_spec(name: str) -> WeightsSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise WeightsError(
+            f"unknown backbone {name!r}; valid: {', '.join(backbone_names())}"
+        ) from None
+
+
+def default_weights_dir() -> Path:
+    """``$DISCOVERY_WEIGHTS_DIR``, else the project's ``weights/`` folder."""
+    env = os.environ.get("DISCOVERY_WEIGHTS_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def hub_checkpoints_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def offline() -> bool:
+    return os.environ.get("DISCOVERY_OFFLINE", "") not in ("", "0")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, spec: WeightsSpec) -> str:
+    """Return the file's sha256; raise :class:`WeightsError` if it contradicts ``spec``."""
+    digest = sha256_file(path)
+    if spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
+        raise WeightsError(
+            f"{path}: sha256 {digest[:8]}... does not match the expected {spec.sha256_prefix} "
+            f"for {spec.name!r}; delete it and fetch again ({spec.url})"
+        )
+    return digest
+
+
+def candidates(spec: WeightsSpec, weights_dir: Path | None = None) -> list[Path]:
+    """Where a registry file may already be, in resolution order."""
+    if spec.filename is None:
+        return []
+    return [(weights_dir or default_weights_dir()) / spec.filename, hub_checkpoints_dir() / spec.filename]
+
+
+def missing_message(spec: WeightsSpec, weights_dir: Path | None = None) -> str:
+    target = (weights_dir or default_weights_dir()) / spec.filename
+    return (
+        f"weights for {spec.name!r} not found: put {spec.filename} at {target} "
+        f"(or in {hub_checkpoints_dir()}); download it from {spec.url} "
+        f"or run `discovery weights fetch {spec.name}`"
+    )
+
+
+def resolve(name: str, weights_dir: Path | None = None, download: bool = True) -> tuple[Path, str]:
+    """Find (or fetch) the file for registry ``name``; return ``(path, sha256)``.
+
+    Raises :class:`WeightsError` with a one-line fix when the file is missing and cannot be
+    downloaded, or when a local file fails its hash check.
+    """
+    spec = get_spec(name)
+    if spec.filename is None:
+        raise WeightsError(f"backbone {name!r} has no weights file")
+    for path in candidates(spec, weights_dir):
+        if path.is_file():
+            return path, verify(path, spec)
+    if download and not offline():
+        path = fetch(name, weights_dir)
+        return path, sha256_file(path)
+    raise WeightsError(missing_message(spec, weights_dir))
+
+
+def fetch(name: str, weights_dir: Path | None = None, progress: bool = True) -> Path:
+    """Download registry ``name`` into ``weights_dir`` (hash-checked), or raise one line."""
+    spec = get_spec(name)
+    if spec.url is None:
+        raise WeightsError(f"backbone {name!r} has nothing to download")
+    target = (weights_dir or default_weights_dir()) / spec.filename
+    if offline():
+        raise WeightsError(f"downloads are off (DISCOVERY_OFFLINE); {missing_message(spec, weights_dir)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(spec.url, str(target), hash_prefix=spec.sha256_prefix, progress=progress)
+    except Exception as err:  # urllib, SSL, socket and hash errors all mean the same to a user
+        target.unlink(missing_ok=True)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsError(f"download of {spec.url} failed ({reason}); {missing_message(spec, weights_dir)}") from None
+    return target
+
+
+# --- reading files without executing code ---------------------------------------------------
+
+# DINO's full training checkpoint pickles its argparse.Namespace; that class, and nothing else,
+# is allowed beyond torch's weights_only defaults.
+SAFE_GLOBALS = [argparse.Namespace]
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a weights file without executing code; return ``(tensors, metadata)``.
+
+    ``.safetensors`` files carry metadata in their JSON header under the key ``discovery``;
+    ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` and may carry a JSON
+    sidecar ``<file>.json``. Raises :class:`WeightsError` (one line) for unreadable or unsafe files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                header = fh.metadata() or {}
+                tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+        meta = json.loads(header.get("discovery", "{}"))
+        return tensors, meta
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        match = _UNSAFE_GLOBAL.search(str(err))
+        if match:
+            raise WeightsError(
+                f"{path}: refused, unpickling it would need {match.group(1)} (only plain tensors "
+                "and argparse.Namespace are allowed; weights_only=True)"
+            ) from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({first})") from None
+    sidecar = path.with_name(path.name + ".json")
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    return extract_state_dict(obj, path), meta
+
+
+def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Turn a loaded checkpoint into a plain ResNet50 state dict.
+
+    Takes ``teacher`` (else ``state_dict`` / ``model``) from a training checkpoint, strips
+    ``module.`` and ``backbone.`` prefixes and drops ``head.*`` (DINO's projection head).
+    ``fc.*`` is kept here: whether it is used is the backbone's decision.
+    """
+    if isinstance(obj, dict):
+        for key in ("teacher", "state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.startswith("head."):
+            continue
+        state[key] = value
+    return state

@@ -1,0 +1,38 @@
+"""Shared fixtures. No test downloads anything: downloads are switched off and every weights
+location points into a temporary folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from discovery.backbones import load_backbone
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("DISCOVERY_OFFLINE", "1")
+    monkeypatch.setenv("DISCOVERY_WEIGHTS_DIR", str(tmp_path_factory.mktemp("weights")))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def random_backbone():
+    """A seeded random-init ResNet50 (stride 16, with classifier), loaded once per session.
+    Frozen and in eval mode: do not modify it in a test (copy.deepcopy it first)."""
+    return load_backbone("random", stride=16)
+
+
+@pytest.fixture
+def textured_image():
+    """A 96x128 RGB uint8 image: noise background with a bright square object."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 80, size=(96, 128, 3), dtype=np.uint8)
+    img[30:70, 40:90] = rng.integers(180, 255, size=(40, 50, 3), dtype=np.uint8)
+    return img
