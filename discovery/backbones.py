@@ -75,6 +75,27 @@ def _resnet(stride: int) -> nn.Module:
     return resnet50(weights=None, replace_stride_with_dilation=STRIDE_DILATION[stride])
 
 
+@torch.no_grad()
+def _calibrate_batchnorm(net: nn.Module) -> None:
+    """Set BatchNorm statistics from seeded smooth noise images.
+
+    At init every running mean is 0 and variance 1, so activations drift into one shared
+    direction and every patch has positive affinity with every other: LOST would return the
+    whole image for any input. Calibrated statistics keep the random features spatially varied,
+    which is what a pipeline check needs. Uses the global RNG (the caller seeds it).
+    """
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration pass
+    noise = nn.functional.interpolate(torch.randn(4, 3, 24, 24), size=(96, 96), mode="bilinear")
+    net.train()(noise)
+    net.eval()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
+
+
 def load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> bool:
     """Load ``state`` into ``net``; return whether it had the classifier.
 
@@ -136,6 +157,7 @@ def load_backbone(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = _resnet(stride)
+            _calibrate_batchnorm(net)
         info = BackboneInfo(name, f"random-seed{seed}", True)
     else:
         spec = W.get_spec(name)

@@ -15,7 +15,7 @@ import sys
 from .images import ImageError
 from .weights import WeightsError, backbone_names
 
-COMMANDS = ("locate", "demo", "weights")
+COMMANDS = ("locate", "demo", "weights", "explain", "pul")
 
 USER_ERRORS = (WeightsError, ImageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 

@@ -27,7 +27,7 @@ class Embedding:
     features: torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Localization:
     """LOST's answer for one image.
 

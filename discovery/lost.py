@@ -17,7 +17,7 @@ import torch
 LAYERNORM_EPS = 1e-5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LostResult:
     """One image's LOST output.
 

@@ -1,0 +1,94 @@
+"""The ``discovery`` CLI end to end (subprocesses, ``--backbone random``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "discovery", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_locate_good_and_bad_images(tmp_path, textured_image):
+    good = tmp_path / "good.png"
+    Image.fromarray(textured_image).save(good)
+    gray = tmp_path / "gray.jpg"
+    Image.fromarray(textured_image[:, :, 0]).save(gray)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    out = cli("locate", str(good), str(empty), str(gray), str(text), str(tmp_path),
+              "--backbone", "random", "--overlay-dir", str(tmp_path / "overlays"))
+    assert out.returncode == 1
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["image"] for r in records] == [str(good), str(gray)]
+    for r in records:
+        x1, y1, x2, y2 = r["box"]
+        assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 96
+        assert len(r["seed"]) == 2 and r["backbone"] == "random" and r["weights_sha256"] == "random-seed0"
+        assert Path(r["overlay"]).is_file()
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {empty}: empty file (0 bytes)",
+        f"error: {text}: not a recognised image format",
+        f"error: {tmp_path}: is a directory, not an image",
+    ]
+    assert "Traceback" not in out.stderr
+    assert "pipeline check" in out.stderr
+
+
+def test_locate_overlay_shape(tmp_path, textured_image):
+    img = tmp_path / "a.png"
+    Image.fromarray(textured_image).save(img)
+    out = cli("locate", str(img), "--backbone", "random", "--stride", "8", "--k", "5", "--overlay-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    overlay = np.asarray(Image.open(tmp_path / "a_lost.png"))
+    assert overlay.shape == (96, 3 * 128 + 2 * 8, 3)
+
+
+def test_unknown_backbone_is_one_line(tmp_path, textured_image):
+    img = tmp_path / "a.png"
+    Image.fromarray(textured_image).save(img)
+    out = cli("locate", str(img), "--backbone", "vgg")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: unknown backbone 'vgg'; valid: imagenet")
+
+
+def test_missing_default_weights_is_one_line(tmp_path, textured_image):
+    img = tmp_path / "a.png"
+    Image.fromarray(textured_image).save(img)
+    out = cli("locate", str(img))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "resnet50-0676ba61.pth" in out.stderr and "https://download.pytorch.org" in out.stderr
+
+
+def test_demo_falls_back_to_random_when_offline(tmp_path):
+    out = cli("demo", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["backbone"] == "random"
+    assert "carrying on with backbone 'random': a pipeline check, not a result" in out.stderr
+    assert Path(record["overlay"]).is_file()
+
+
+def test_weights_commands(tmp_path):
+    listing = cli("weights", "--weights-dir", str(tmp_path), "list")
+    assert listing.returncode == 0
+    assert "imagenet" in listing.stdout and "missing" in listing.stdout and "pipeline check" in listing.stdout
+    where = cli("weights", "--weights-dir", str(tmp_path), "path", "dino")
+    assert str(tmp_path / "dino_resnet50_pretrain.pth") in where.stdout and "dl.fbaipublicfiles.com" in where.stdout
+    (tmp_path / "resnet50-11ad3fa6.pth").write_bytes(b"garbage")
+    verify = cli("weights", "--weights-dir", str(tmp_path), "verify")
+    assert verify.returncode == 1 and "imagenet-v2  BAD" in verify.stdout
+    fetch = cli("weights", "--weights-dir", str(tmp_path), "fetch", "imagenet")
+    assert fetch.returncode == 2 and fetch.stderr.startswith("error: downloads are off")
