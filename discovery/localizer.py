@@ -17,6 +17,7 @@ from .images import ImageInput, PreparedImage, prepare
 from .lost import LostResult, localize_batch
 
 DEFAULT_MAX_SIDE = 1024
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Localizer:
             ``None`` keeps native resolution (the evaluation protocol).
         weights_dir, download: see :func:`discovery.backbones.load_backbone`.
         channels_last: run convolutions in NHWC layout (faster on CPU).
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast for the trunk (for GPUs; LOST itself
+            always runs in fp32).
     """
 
     def __init__(
@@ -87,14 +90,18 @@ class Localizer:
         weights_dir: str | Path | None = None,
         download: bool = True,
         channels_last: bool = True,
+        precision: str = "fp32",
     ):
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(backbone, str):
             backbone = load_backbone(backbone, device=device, stride=stride, weights_dir=weights_dir, download=download)
         self.backbone = backbone
         self.k = k
         self.max_side = max_side
+        self.precision = precision
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
 
@@ -110,7 +117,10 @@ class Localizer:
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B, 3, Hp, Wp)`` normalised padded batch → ``(B, 2048, h, w)`` float32 features."""
         x = batch.to(self.backbone.device).contiguous(memory_format=self.memory_format)
-        return self.backbone(x).float().contiguous()
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            out = self.backbone(x)
+        return out.float().contiguous()
 
     def embed(self, image: ImageInput | PreparedImage) -> Embedding:
         """The expensive step: run the backbone once."""

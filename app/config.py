@@ -1,0 +1,59 @@
+"""The app's settings, as one frozen value shared by the CLI, the UI builder and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from discovery.localizer import DEFAULT_MAX_SIDE
+from discovery.weights import CHECKPOINT_SUFFIXES, REGISTRY, backbone_names
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything :func:`app.ui.build_demo` and :func:`app.ui.launch_options` need.
+
+    Attributes:
+        device: torch device for the backbones (``"cpu"``, ``"cuda"``...).
+        weights_dir: folder of registry weights (``None``: the project's ``weights/``).
+        download: fetch missing registry weights on first use (default off: no network I/O).
+        backbone: the backbone selected when the page opens (falls back to ``random``, with a
+            visible note, when its weights are missing); stride: the initial stride.
+        max_side: longest image side (pixels) fed to the network; boxes stay in original pixels.
+        max_upload_mb: largest accepted upload, in megabytes.
+        cache_size: how many ``(backbone, stride)`` models stay loaded.
+        concurrency: analyses running at once (the rest wait in the queue).
+        queue_size: most requests waiting in the queue; more are refused politely.
+        host, port, share: where the server listens; ``share`` opens a public Gradio link.
+    """
+
+    device: str = "cpu"
+    weights_dir: Path | None = None
+    download: bool = False
+    backbone: str = "imagenet"
+    stride: int = 16
+    max_side: int | None = DEFAULT_MAX_SIDE
+    max_upload_mb: float = 20.0
+    cache_size: int = 3
+    concurrency: int = 1
+    queue_size: int = 64
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "stride": self.stride in (8, 16, 32),
+            "max_upload_mb": self.max_upload_mb > 0,
+            "cache_size": self.cache_size >= 1,
+            "concurrency": self.concurrency >= 1,
+            "queue_size": self.queue_size >= 1,
+            "max_side": self.max_side is None or self.max_side >= 32,
+            "port": 0 <= self.port <= 65535,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid {bad[0]}: {getattr(self, bad[0])!r}")
+        b = self.backbone
+        if not (b in REGISTRY or b.startswith("pul:") or b.endswith(CHECKPOINT_SUFFIXES)):
+            raise ValueError(f"unknown backbone {b!r}; valid: {', '.join(backbone_names())}")

@@ -1,0 +1,251 @@
+"""The app's engine, free of Gradio: cached backbones, one forward pass for LOST and Grad-CAM, panels.
+
+:class:`Engine` keeps loaded models in a small LRU cache keyed by ``(backbone, stride)`` and turns
+one image into an :class:`Analysis` (four RGB panels and a JSON-able record). It raises the
+library's one-line errors (:class:`~discovery.weights.WeightsError`,
+:class:`~discovery.images.ImageError`, :class:`ValueError`) for user mistakes; the UI shows them.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from discovery import viz
+from discovery import weights as W
+from discovery.backbones import Backbone, load_backbone
+from discovery.explain import Explainer
+from discovery.images import ImageInput, PreparedImage
+from discovery.localizer import DEFAULT_MAX_SIDE, Localizer
+
+from .choices import CHECKPOINT, RANDOM_NOTE
+
+STRIDES = (8, 16, 32)
+CAM_METHODS = ("gradcam", "eigencam")
+MAX_GRID = 64
+"""Longest side of the feature grid: bounds LOST's N×N affinity (N ≤ 4096, 64 MiB float32)."""
+CAM_BOX_COLOR = (255, 255, 255)
+
+
+def backbone_name(choice: str, checkpoint: str = "") -> str:
+    """The :func:`~discovery.backbones.load_backbone` name for a dropdown value and checkpoint text.
+
+    Raises ValueError (one line) when the checkpoint entry is chosen with no path, or for an
+    unknown name.
+    """
+    if choice == CHECKPOINT:
+        path = (checkpoint or "").strip()
+        if not path:
+            raise ValueError("backbone 'checkpoint' needs a path: type pul:PATH or a .safetensors/.pt/.pth file")
+        if path.startswith("pul:") or path.endswith(W.CHECKPOINT_SUFFIXES):
+            return path
+        return f"pul:{path}"
+    if choice not in W.REGISTRY:
+        raise ValueError(f"unknown backbone {choice!r}; choose one of {', '.join(W.REGISTRY)} or {CHECKPOINT!r}")
+    return choice
+
+
+def parse_target(text: str | int | None) -> int | str | None:
+    """CAM target from the UI: blank → ``None`` (top-1), digits → class index, else a class name."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return text
+    text = text.strip()
+    if not text:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One request's result.
+
+    Attributes:
+        box_image: ``(H, W, 3)`` uint8, the image with LOST's box (red) and seed (green dot).
+        degree_image: inverse degree heat map (hot = low degree = where the seed comes from).
+        mask_image: the seed's component tinted, the rest dimmed.
+        cam_image: the CAM heat map with the CAM box (white).
+        record: JSON-able dict: boxes ``[x1, y1, x2, y2]`` in original pixels (right/bottom
+            exclusive), seed ``[x, y]`` pixels, CAM target and probability, timings in ms.
+    All panels are at the resolution the network saw (``max_side`` bounded), boxes in original pixels.
+    """
+
+    box_image: np.ndarray
+    degree_image: np.ndarray
+    mask_image: np.ndarray
+    cam_image: np.ndarray
+    record: dict[str, Any]
+
+
+class Engine:
+    """Loads backbones on demand (cached) and analyses images.
+
+    Args:
+        device: torch device the backbones run on.
+        weights_dir: folder of registry weights (default :func:`discovery.weights.default_weights_dir`).
+        download: fetch missing registry weights on first use (off: the app does no network I/O).
+        max_side: longest image side fed to the network (further capped at ``64 × stride`` so the
+            affinity matrix stays ≤ 4096²); boxes are reported in original pixels regardless.
+        cache_size: how many ``(backbone, stride)`` models stay loaded (~100 MB each).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        weights_dir: str | Path | None = None,
+        download: bool = False,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+        cache_size: int = 3,
+    ):
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1, got {cache_size}")
+        self.device = torch.device(device)
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else None
+        self.download = download
+        self.max_side = max_side
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, int], Explainer] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def max_side_for(self, stride: int) -> int:
+        """Longest image side (pixels) the network sees at ``stride``."""
+        cap = MAX_GRID * stride
+        return cap if self.max_side is None else min(self.max_side, cap)
+
+    def cached(self) -> list[tuple[str, int]]:
+        """The ``(backbone, stride)`` keys loaded now, least recently used first."""
+        with self._cache_lock:
+            return list(self._cache)
+
+    def add(self, backbone: Backbone) -> None:
+        """Serve an already loaded backbone under ``(backbone.name, backbone.stride)`` (cached like a loaded one)."""
+        with self._cache_lock:
+            self._insert((backbone.name, backbone.stride), backbone)
+
+    def _insert(self, key: tuple[str, int], backbone: Backbone) -> Explainer:
+        """Cache an explainer for ``backbone`` under ``key``, evicting the least recently used (lock held)."""
+        localizer = Localizer(backbone, max_side=self.max_side_for(backbone.stride))
+        self._cache[key] = explainer = Explainer(localizer)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return explainer
+
+    def explainer(self, name: str, stride: int) -> tuple[Explainer, bool]:
+        """The cached explainer (and its localizer) for ``(name, stride)``; ``(explainer, loaded_now)``.
+
+        Raises WeightsError (one line) when the backbone cannot be loaded.
+        """
+        if stride not in STRIDES:
+            raise ValueError(f"stride must be one of {STRIDES}, got {stride}")
+        key = (name, stride)
+        with self._cache_lock:  # loads are serialised: two first requests load once
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key], False
+            backbone = load_backbone(
+                name, device=self.device, stride=stride, weights_dir=self.weights_dir, download=self.download
+            )
+            return self._insert(key, backbone), True
+
+    def analyze(
+        self,
+        image: ImageInput,
+        backbone: str = "imagenet",
+        stride: int = 16,
+        k: int = 100,
+        method: str = "gradcam",
+        target: int | str | None = None,
+    ) -> Analysis:
+        """Localize the object with LOST and explain the prediction with a CAM, from ONE forward pass.
+
+        Args:
+            image: a path, PIL image, RGB uint8 array... (see :mod:`discovery.images`).
+            backbone: a :func:`~discovery.backbones.load_backbone` name (see :func:`backbone_name`).
+            stride: 8, 16 or 32; k: LOST's expansion candidates (≥ 1).
+            method: ``gradcam`` or ``eigencam``; target: ``None`` (top-1), a class index or name.
+
+        Raises:
+            WeightsError, ImageError, ValueError: one-line user errors.
+        """
+        if method not in CAM_METHODS:
+            raise ValueError(f"CAM method must be one of {', '.join(CAM_METHODS)}, got {method!r}")
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        timings: dict[str, float] = {}
+        start = clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = round((now - clock) * 1000, 1)
+            clock = now
+
+        explainer, loaded_now = self.explainer(backbone, int(stride))
+        explainer.check(method, target)  # a bad target fails before the forward pass
+        lap("load_backbone")
+        prepared = explainer.localizer.prepare(image)
+        lap("prepare")
+        cam = explainer(prepared, method=method, target=target)
+        lap("forward_and_cam")
+        # A shallow copy shares the cached backbone; only k differs (the cached one is never mutated).
+        lost = copy.copy(explainer.localizer)
+        lost.k = k
+        loc = lost.localize(cam.embedding)
+        lap("lost")
+        panels = _render(prepared, loc, cam)
+        lap("render")
+        timings["total"] = round((time.perf_counter() - start) * 1000, 1)
+        info = explainer.backbone.info
+        record = {
+            "box_format": "x1, y1, x2, y2 in original image pixels, right/bottom exclusive",
+            "image_size": {"width": loc.image_size[1], "height": loc.image_size[0]},
+            "processed_size": {"width": prepared.size[1], "height": prepared.size[0]},
+            "backbone": info.name,
+            "weights_sha256": info.sha256,
+            **({"note": RANDOM_NOTE} if info.is_random else {}),
+            "stride": loc.stride,
+            "k": loc.k,
+            "lost": {
+                "box": _round(loc.box),
+                "seed": _round(loc.seed_xy),
+                "seed_cell": list(loc.seed),
+            },
+            "cam": {**cam.to_json(), "threshold": cam.threshold},
+            "backbone_loaded_now": loaded_now,
+            "timings_ms": timings,
+        }
+        return Analysis(*panels, record=record)
+
+
+def _round(values) -> list[float]:
+    return [round(float(v), 2) for v in values]
+
+
+def _on_padded(prepared: PreparedImage, draw: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Apply a feature-grid overlay on the padded canvas, then crop: grid cells stay aligned."""
+    height, width = prepared.size
+    hp, wp = prepared.tensor.shape[1:]
+    canvas = np.zeros((hp, wp, 3), np.uint8)
+    canvas[:height, :width] = prepared.rgb
+    return np.ascontiguousarray(draw(canvas)[:height, :width])
+
+
+def _render(prepared: PreparedImage, loc, cam) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rgb = prepared.rgb
+    box_image = viz.draw_box(rgb, loc.box, loc.image_size, loc.seed_xy)
+    degree_image = _on_padded(prepared, lambda canvas: viz.degree_map(canvas, loc.degree))
+    mask_image = _on_padded(prepared, lambda canvas: viz.mask_overlay(canvas, loc.mask))
+    cam_image = viz.draw_box(viz.heatmap(rgb, cam.cam), cam.box, loc.image_size, color=CAM_BOX_COLOR)
+    return box_image, degree_image, mask_image, cam_image

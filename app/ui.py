@@ -1,0 +1,242 @@
+"""The Gradio 6 Blocks UI over :class:`app.engine.Engine`.
+
+:func:`build_demo` returns a queued ``gr.Blocks``; :func:`launch_options` gives the matching
+``launch()`` keywords (theme, CSS, upload limit, host, port). The event handlers live on
+:class:`Handlers` so they can be called directly, without a server.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from discovery.examples import EXAMPLES, example_path
+from discovery.images import ImageError
+from discovery.weights import REGISTRY, WeightsError
+
+from .choices import CHECKPOINT, backbone_choices, describe, initial_backbone
+from .config import AppConfig
+from .engine import CAM_METHODS, STRIDES, Engine, backbone_name, parse_target
+from .results import ResultFiles
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = (WeightsError, ImageError, ValueError)
+
+TITLE = "Object discovery: LOST and Grad-CAM on ResNet50"
+
+CSS = """
+#status {min-height: 2.5em}
+#outputs .image-container img {object-fit: contain}
+"""
+
+RunOutputs = tuple[
+    np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None, dict[str, Any], str | None, str
+]
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+class Handlers:
+    """The UI's event handlers, over one :class:`Engine` and one :class:`ResultFiles`.
+
+    Which weights count as present follows the engine's ``weights_dir`` and ``download``;
+    ``preferred`` is the backbone to select when the page opens (``random`` if its weights are
+    missing; a checkpoint name selects the checkpoint entry with its path filled in).
+    """
+
+    def __init__(self, engine: Engine, files: ResultFiles, preferred: str = "imagenet"):
+        self.engine = engine
+        self.files = files
+        self.preferred = preferred
+        if preferred in REGISTRY:
+            self.initial, _ = initial_backbone(preferred, engine.weights_dir, engine.download)
+            self.initial_checkpoint = ""
+        else:
+            self.initial, self.initial_checkpoint = CHECKPOINT, preferred
+
+    def run(
+        self,
+        image: Any,
+        backbone: str,
+        checkpoint: str = "",
+        stride: int = 16,
+        k: float = 100,
+        method: str = "gradcam",
+        target: str = "",
+    ) -> RunOutputs:
+        """Analyse ``image``; returns (box, degree, mask, CAM panels, JSON, JSON file path, status).
+
+        Never raises: a user error (bad image, missing weights, bad option) comes back as a
+        status line, a ``gr.Warning`` toast and ``{"error": ...}`` in the JSON, with no panels.
+        """
+        try:
+            if image is None:
+                raise ValueError("no image: upload, paste or capture one, or click an example")
+            analysis = self.engine.analyze(
+                image,
+                backbone=backbone_name(backbone, checkpoint),
+                stride=int(stride),
+                k=int(k),
+                method=method,
+                target=parse_target(target),
+            )
+        except USER_ERRORS as err:
+            return self._failure(_one_line(err))
+        except Exception as err:  # a bug: keep the traceback in the server log, not on the page
+            log.exception("analysis failed")
+            return self._failure(f"internal error ({type(err).__name__}: {_one_line(err)}); see the server log")
+        record = analysis.record
+        path = self.files.write(record)
+        return (
+            analysis.box_image,
+            analysis.degree_image,
+            analysis.mask_image,
+            analysis.cam_image,
+            record,
+            str(path),
+            _summary(record),
+        )
+
+    def _failure(self, message: str) -> RunOutputs:
+        gr.Warning(html.escape(message))
+        return None, None, None, None, {"error": message}, None, f"⚠ **error:** {html.escape(message)}"
+
+    def describe(self, backbone: str, checkpoint: str = "") -> str:
+        """Status line for a backbone selection: what it is, or the one-line fix for missing weights."""
+        return describe(backbone, checkpoint, self.engine.weights_dir, self.engine.download)
+
+    def choose_checkpoint(self, checkpoint: str, backbone: str) -> tuple[Any, str]:
+        """Typing a checkpoint path selects the checkpoint entry."""
+        value = CHECKPOINT if checkpoint.strip() else backbone
+        return gr.update(value=value), self.describe(value, checkpoint)
+
+    def refresh(self, backbone: str, checkpoint: str = "") -> tuple[Any, str]:
+        """On page load: re-check which weights are present (files may have arrived since start)."""
+        return gr.update(choices=self.dropdown_choices()), self.opening_status(backbone, checkpoint)
+
+    def opening_status(self, backbone: str, checkpoint: str = "") -> str:
+        """Status for the initial selection: the fallback note while the preferred weights are missing."""
+        note = None
+        if self.preferred in REGISTRY:
+            _, note = initial_backbone(self.preferred, self.engine.weights_dir, self.engine.download)
+        if note and backbone == self.initial:
+            return f"⚠ {note}"
+        return self.describe(backbone, checkpoint)
+
+    def dropdown_choices(self) -> list[tuple[str, str]]:
+        return [(c.label, c.value) for c in backbone_choices(self.engine.weights_dir, self.engine.download)]
+
+
+def _summary(record: dict[str, Any]) -> str:
+    lost, cam = record["lost"], record["cam"]
+    box = ", ".join(f"{v:.0f}" for v in lost["box"])
+    target = html.escape(str(cam["target_name"]))
+    if cam["probability"] is not None:
+        target_text = f"**{target}** (class {cam['target']}, p = {cam['probability']:.3f})"
+    elif cam["target"] is not None:
+        target_text = f"**{target}** (class {cam['target']})"
+    else:
+        target_text = f"**{target}**"
+    note = f" · ⚠ `{record['backbone']}`: {record['note']}" if "note" in record else ""
+    return (
+        f"**Done.** LOST box [{box}] (original pixels) · {cam['method']} target: {target_text} · "
+        f"{record['timings_ms']['total']:.0f} ms{note}"
+    )
+
+
+def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) -> gr.Blocks:
+    """The app as a queued ``gr.Blocks`` (not launched; see :func:`launch_options`).
+
+    ``engine`` defaults to a new :class:`Engine` from ``config`` (a given one brings its own
+    device, weights folder and limits); its model cache lives as long as the returned Blocks.
+    """
+    if engine is None:
+        engine = Engine(config.device, config.weights_dir, config.download, config.max_side, config.cache_size)
+    handlers = Handlers(engine, ResultFiles(), config.backbone)
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(
+            f"## {TITLE}\n"
+            "Upload, paste or capture an image (or click an example), pick a backbone and press **Run**. "
+            "LOST finds the object from layer4 features with no labels; Grad-CAM shows what the "
+            "classifier looked at. Both come from one forward pass."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    label="Image", type="filepath", sources=["upload", "clipboard", "webcam"], height=300,
+                    elem_id="input-image",
+                )
+                gr.Examples(
+                    examples=[[str(example_path(name))] for name in EXAMPLES],
+                    inputs=[image],
+                    example_labels=list(EXAMPLES),
+                    label="Examples (bundled with scikit-image)",
+                )
+            with gr.Column(scale=1):
+                backbone = gr.Dropdown(
+                    choices=handlers.dropdown_choices(), value=handlers.initial, label="Backbone", elem_id="backbone",
+                )
+                checkpoint = gr.Textbox(
+                    handlers.initial_checkpoint, label="Checkpoint (for backbone 'checkpoint')",
+                    placeholder="pul:weights/pul.safetensors", elem_id="checkpoint",
+                )
+                backbone_status = gr.Markdown(
+                    handlers.opening_status(handlers.initial, handlers.initial_checkpoint), elem_id="backbone-status"
+                )
+                with gr.Row():
+                    stride = gr.Radio(list(STRIDES), value=config.stride, label="Stride", info="layer4 output stride")
+                    k = gr.Slider(1, 400, value=100, step=1, label="k", info="LOST expansion candidates")
+                with gr.Row():
+                    method = gr.Radio(list(CAM_METHODS), value="gradcam", label="CAM method")
+                    target = gr.Textbox(
+                        label="CAM target", placeholder="top-1", info="blank: top-1; or a class index / name",
+                    )
+                run = gr.Button("Run", variant="primary", elem_id="run")
+        status = gr.Markdown("", elem_id="status")
+        with gr.Row(elem_id="outputs"):
+            box_image = gr.Image(label="LOST box (red) and seed (green)", interactive=False, elem_id="box-image")
+            degree_image = gr.Image(label="Inverse degree (hot: seed candidates)", interactive=False)
+            mask_image = gr.Image(label="Seed's component", interactive=False)
+            cam_image = gr.Image(label="CAM with its box (white)", interactive=False, elem_id="cam-image")
+        with gr.Row():
+            result_json = gr.JSON(label="Result", elem_id="result-json", max_height=360)
+            result_file = gr.File(label="Download JSON", interactive=False)
+
+        run.click(
+            handlers.run,
+            inputs=[image, backbone, checkpoint, stride, k, method, target],
+            outputs=[box_image, degree_image, mask_image, cam_image, result_json, result_file, status],
+            api_name="run",
+        )
+        backbone.change(handlers.describe, [backbone, checkpoint], backbone_status, api_name="describe", queue=False)
+        checkpoint.submit(
+            handlers.choose_checkpoint, [checkpoint, backbone], [backbone, backbone_status], api_visibility="private"
+        )
+        demo.load(handlers.refresh, [backbone, checkpoint], [backbone, backbone_status], api_visibility="private")
+
+    demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
+    return demo
+
+
+def launch_options(config: AppConfig) -> dict[str, Any]:
+    """Keywords for ``demo.launch()``: host, port, share, upload limit, theme and CSS (Gradio 6)."""
+    return {
+        "server_name": config.host,
+        "server_port": config.port,
+        "share": config.share,
+        "max_file_size": int(config.max_upload_mb * 1024 * 1024),
+        "enable_monitoring": False,
+        "theme": gr.themes.Soft(),
+        "css": CSS,
+        "show_error": False,
+        "footer_links": ["api", "settings"],
+    }

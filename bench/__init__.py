@@ -1,0 +1,1 @@
+"""Benchmarks: our evaluation path against a re-creation of the LOST reference loop."""

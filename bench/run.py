@@ -1,0 +1,234 @@
+"""``python -m bench``: our evaluation path against the reference's loop, in one run.
+
+Everything is made in the run (synthetic VOC-sized images in the VOC layout, the seeded ``random``
+backbone), nothing is downloaded, and every figure is a ratio against a baseline measured in the
+same process, because the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from discovery.backbones import load_backbone
+from discovery.lost import localize
+from discovery.localizer import Localizer
+
+from .reference import reference_loop
+
+# VOC07 trainval's most common sizes (H, W): most images are 500 px on the long side.
+VOC_SIZES = ((375, 500), (500, 375), (333, 500), (375, 500), (500, 333), (375, 500), (366, 500), (500, 375))
+TARGETS = {"speedup": 1.5, "backbone_efficiency": 0.80, "lost_share": 0.05}
+
+
+def make_voc(root: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` synthetic VOC-sized images with annotations under ``root/VOCdevkit/VOC2007``."""
+    from eval.synth import make_image, write_voc
+
+    rng = np.random.default_rng(seed)
+    images = [make_image(rng, i, VOC_SIZES[i % len(VOC_SIZES)]) for i in range(n)]
+    ids = [f"{i + 1:06d}" for i in range(n)]
+    folder = root / "VOCdevkit" / "VOC2007"
+    write_voc(folder, ids, images)
+    return [folder / "JPEGImages" / f"{i}.jpg" for i in ids]
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 matrix-multiply throughput of ``size``² matrices, in GFLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def conv_flops(module: nn.Module, shape: tuple[int, int, int, int]) -> float:
+    """Multiply-add FLOPs (2 per MAC) of every convolution for an input of ``shape``."""
+    total = 0.0
+
+    def hook(conv: nn.Conv2d, _inp, out):
+        nonlocal total
+        kh, kw = conv.kernel_size
+        total += 2.0 * out.numel() * (conv.in_channels // conv.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def backbone_throughput(localizer: Localizer, batch: int, repeats: int) -> tuple[float, float]:
+    """``(GFLOP per 384×512 image, achieved GFLOP/s)`` of our batched channels-last forward."""
+    shape = (batch, 3, 384, 512)
+    flops = conv_flops(localizer.backbone.trunk, (1, *shape[1:]))
+    x = torch.randn(shape)
+    localizer.features(x)
+    best = min(_timed(lambda: localizer.features(x)) for _ in range(repeats))
+    return flops / 1e9, flops * batch / best / 1e9
+
+
+def lost_ms(localizer: Localizer, paths: list[Path], repeats: int = 3) -> float:
+    """Median milliseconds of LOST post-processing per image (features computed beforehand)."""
+    embeddings = [localizer.embed(p) for p in paths]
+    times = []
+    for emb in embeddings:
+        best = min(_timed(lambda: localize(emb.features, emb.image.size, localizer.stride, localizer.k)) for _ in range(repeats))
+        times.append(best)
+    return 1000 * statistics.median(times)
+
+
+def app_latency(localizer: Localizer, path: Path, repeats: int = 3) -> float | None:
+    """Seconds for one upload's work in the app: one forward pass, LOST and Grad-CAM."""
+    try:
+        from discovery.explain import Explainer
+    except ImportError:
+        return None
+    explainer = Explainer(localizer)
+
+    def once():
+        cam = explainer(path, method="gradcam")
+        localizer.localize(cam.embedding)
+
+    once()
+    return min(_timed(once) for _ in range(repeats))
+
+
+def run_ours(root: Path, out: Path, limit: int | None, batch_size: int, workers: int, device: str,
+             precision: str = "fp32") -> dict:
+    """``eval run``'s code path on the synthetic VOC07, in a fresh process (for its peak RSS)."""
+    script = (
+        "import json, resource\n"
+        "from pathlib import Path\n"
+        "from eval.runner import RunOptions, run\n"
+        f"s = run(RunOptions(dataset='voc07', root=Path({str(root)!r}), backbone='random', out=Path({str(out)!r}),"
+        f" limit={limit!r}, batch_size={batch_size}, workers={workers}, device={device!r}, precision={precision!r},"
+        " progress=False))\n"
+        "s['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print(json.dumps(s))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"eval run failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    boxes = {}
+    for line in (out / "predictions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        boxes[record["image_id"]] = record["box"]
+    summary["boxes"] = boxes
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run (under a minute), same keys")
+    parser.add_argument("--images", type=int, default=None, help="images timed for baseline and ours (default 40; quick 8)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1, help="decoding workers for our path (default 1)")
+    args = parser.parse_args(argv)
+    n = args.images or (8 if args.quick else 40)
+    rss_counts = (10, 40) if args.quick else (50, 500)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        tmp = Path(tmp)
+        paths = make_voc(tmp, max(n, rss_counts[1]))
+        figures: dict = {"images": n, "device": args.device, "precision": args.precision, "threads": torch.get_num_threads()}
+        print(f"bench: {n} synthetic VOC-sized images, backbone 'random' (a pipeline check: timings, not accuracy)")
+
+        figures["gemm_gflops"] = round(gemm_gflops(), 1)
+
+        trunk = copy.deepcopy(load_backbone("random").trunk).to(memory_format=torch.contiguous_format)
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        reference_loop(paths[:1], trunk, mean, std)  # warm-up
+        start = time.perf_counter()
+        baseline_boxes = reference_loop(paths[:n], trunk, mean, std, device=args.device)
+        baseline_s = time.perf_counter() - start
+        figures["baseline_images_per_s"] = round(n / baseline_s, 3)
+
+        ours = run_ours(tmp, tmp / "run", n, args.batch_size, args.workers, args.device)
+        figures["ours_images_per_s"] = ours["images_per_s"]
+        figures["speedup"] = round(ours["images_per_s"] / figures["baseline_images_per_s"], 3)
+        ids = [p.stem for p in paths[:n]]
+        mismatched = [i for i, box in zip(ids, baseline_boxes) if [round(v, 2) for v in box] != ours["boxes"][i]]
+        figures["boxes_equal"] = not mismatched
+        figures["boxes_mismatched"] = mismatched
+
+        localizer = Localizer("random", device=args.device)
+        per_image, achieved = backbone_throughput(localizer, batch=2, repeats=2 if args.quick else 3)
+        figures["backbone_gflop_per_image"] = round(per_image, 2)
+        figures["backbone_gflops"] = round(achieved, 1)
+        figures["backbone_efficiency"] = round(achieved / figures["gemm_gflops"], 3)
+        figures["lost_ms"] = round(lost_ms(localizer, paths[: min(n, 8)]), 2)
+        figures["lost_share"] = round(figures["lost_ms"] / 1000 * ours["images_per_s"], 4)
+
+        small, large = (run_ours(tmp, tmp / f"rss{c}", c, args.batch_size, args.workers, args.device) for c in rss_counts)
+        figures["rss_images"] = list(rss_counts)
+        figures["rss_mb_50"] = round(small["peak_rss_mb"], 1)
+        figures["rss_mb_500"] = round(large["peak_rss_mb"], 1)
+
+        latency = app_latency(localizer, paths[0])
+        figures["app_latency_s"] = None if latency is None else round(latency, 3)
+
+        if args.precision != "fp32":
+            low = run_ours(tmp, tmp / "low", n, args.batch_size, args.workers, args.device, args.precision)
+            agree = sum(low["boxes"][i] == ours["boxes"][i] for i in ids)
+            figures["precision_boxes_equal"] = f"{agree}/{n}"
+
+    report(figures)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    if not figures["boxes_equal"]:
+        print(f"FAIL: boxes differ from the baseline on {len(mismatched)} images: {mismatched[:5]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def report(f: dict) -> None:
+    def mark(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    rss_growth = f["rss_mb_500"] - f["rss_mb_50"]
+    rows = [
+        ("fp32 GEMM peak", f"{f['gemm_gflops']:.1f} GFLOP/s", ""),
+        ("baseline (reference loop)", f"{f['baseline_images_per_s']:.3f} img/s", ""),
+        ("ours (eval run path)", f"{f['ours_images_per_s']:.3f} img/s", ""),
+        ("speedup", f"{f['speedup']:.2f}x", f"target >= {TARGETS['speedup']}x: {mark(f['speedup'] >= TARGETS['speedup'])}"),
+        ("backbone", f"{f['backbone_gflops']:.1f} GFLOP/s ({f['backbone_gflop_per_image']} GFLOP/img)",
+         f"{100 * f['backbone_efficiency']:.0f}% of GEMM, target >= 80%: {mark(f['backbone_efficiency'] >= TARGETS['backbone_efficiency'])}"),
+        ("LOST post-processing", f"{f['lost_ms']:.1f} ms/img",
+         f"{100 * f['lost_share']:.1f}% of per-image time, target <= 5%: {mark(f['lost_share'] <= TARGETS['lost_share'])}"),
+        (f"peak RSS at {f['rss_images'][0]} / {f['rss_images'][1]} images", f"{f['rss_mb_50']:.0f} / {f['rss_mb_500']:.0f} MB",
+         f"growth {rss_growth:+.0f} MB: {mark(rss_growth <= 0.05 * f['rss_mb_50'])}"),
+        ("app latency (features + LOST + Grad-CAM)", "n/a" if f["app_latency_s"] is None else f"{f['app_latency_s']:.3f} s", ""),
+        ("boxes equal to the baseline", f"{f['boxes_equal']} ({f['images'] - len(f['boxes_mismatched'])}/{f['images']})", ""),
+    ]
+    if "precision_boxes_equal" in f:
+        rows.append((f"{f['precision']} boxes equal to fp32", f["precision_boxes_equal"], "target >= 99%"))
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:<34} {note}")

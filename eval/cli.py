@@ -1,0 +1,138 @@
+"""CorLoc evaluation on VOC07 / VOC12 trainval and COCO20k: run, score, synthetic data, the COCO20k list.
+
+A thin argparse layer over :mod:`eval.runner`, :mod:`eval.scoring`, :mod:`eval.synth` and
+:mod:`eval.fetch`. User mistakes end in ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from discovery.cli import USER_ERRORS, add_backbone_args
+
+from .datasets import DATASETS, DatasetError, open_dataset
+from .fetch import fetch_coco20k_list
+from .methods import METHODS
+from .predictions import PredictionsError, dumps
+from .runner import RunError, RunOptions, run
+from .scoring import score_file
+from .synth import make_synthetic
+
+ERRORS = (DatasetError, RunError, PredictionsError, *USER_ERRORS)
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, choices=tuple(DATASETS), help="benchmark (trainval for VOC, the 20k list for COCO)")
+    p.add_argument("--root", required=True, type=Path, help="dataset folder (see docs/eval.md for the accepted layouts)")
+    p.add_argument("--no-hard", action="store_true", help="VOC: drop truncated/difficult objects, skip images left with none")
+    p.add_argument("--image-list", type=Path, default=None, help="COCO20k: LOST's coco_20k_filenames.txt (default: ROOT/coco_20k_filenames.txt)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out images whose annotation or file is missing/malformed (counted)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="predict a box per image and compute CorLoc (resumable; torchrun-aware)")
+    _dataset_args(p)
+    add_backbone_args(p)
+    p.add_argument("--out", required=True, type=Path, help="run folder: config.json, predictions.jsonl, results.json")
+    p.add_argument("--k", type=int, default=100, help="LOST expansion candidates (default 100)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass, same padded size only (default 8)")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (default 2; 0 decodes inline)")
+    p.add_argument("--method", default="lost", choices=tuple(METHODS), help="box method (default lost)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="trunk precision: fp32 (default, the protocol) or bf16/fp16 autocast (GPU speed; boxes may change)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run)
+
+    p = sub.add_parser("score", help="CorLoc of a predictions file (our JSONL or COCO results JSON)")
+    _dataset_args(p)
+    p.add_argument("--predictions", required=True, type=Path, help="predictions.jsonl, or a COCO results JSON list")
+    p.set_defaults(run=_score)
+
+    p = sub.add_parser("synth", help="write a small synthetic dataset in the VOC and COCO layouts")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n", type=int, default=24, help="images per dataset (default 24)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_synth)
+
+    p = sub.add_parser("fetch-coco20k", help="download LOST's COCO20k image list and check its sha256")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--root", type=Path, default=None, help="save as ROOT/coco_20k_filenames.txt (where `run` looks)")
+    group.add_argument("--out", type=Path, default=None, help="save to this file (default ./coco_20k_filenames.txt)")
+    p.set_defaults(run=_fetch)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    opts = RunOptions(
+        dataset=args.dataset, root=args.root, backbone=args.backbone, out=args.out, stride=args.stride, k=args.k,
+        no_hard=args.no_hard, limit=args.limit, batch_size=args.batch_size, workers=args.workers, method=args.method,
+        device=args.device, weights_dir=args.weights_dir, image_list=args.image_list, skip_bad=args.skip_bad,
+        precision=args.precision, progress=not args.no_progress,
+    )
+    summary = run(opts)
+    if summary is not None:
+        _notes(summary)
+        print(dumps(summary))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    dataset = open_dataset(args.dataset, args.root, args.no_hard, args.image_list, args.skip_bad)
+    summary = score_file(dataset, args.predictions)
+    _notes(summary)
+    print(dumps(summary))
+    return 0
+
+
+def _notes(summary: dict) -> None:
+    if summary.get("official_image_list") is False:
+        print("note: the image list is not LOST's coco_20k_filenames.txt; CorLoc is not comparable to published COCO20k numbers",
+              file=sys.stderr)
+    expected = summary.get("expected_images")
+    full = not summary.get("limit") and not summary.get("no_hard")
+    if full and expected and summary.get("total") != expected:
+        print(f"note: {summary.get('total')} images evaluated; the published {summary.get('dataset')} protocol has {expected}",
+              file=sys.stderr)
+    if summary.get("skipped_bad") or summary.get("skipped_images"):
+        print(f"note: {summary.get('skipped_bad', 0) + summary.get('skipped_images', 0)} images left out as bad (--skip-bad)",
+              file=sys.stderr)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    made = make_synthetic(args.out, args.n, args.seed)
+    print(f"wrote {made.images} images each for VOC2007, VOC2012 and COCO under {made.out}")
+    print(f"  python -m eval run --dataset voc07 --root {made.out} --backbone random --out runs/synth-voc07")
+    print(f"  python -m eval run --dataset coco20k --root {made.coco_root} --backbone random --out runs/synth-coco20k")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    dest = args.root if args.root is not None else (args.out or Path(os.getcwd()) / "coco_20k_filenames.txt")
+    if args.root is not None and not args.root.is_dir():
+        raise DatasetError(f"--root {args.root} is not a directory")
+    path = fetch_coco20k_list(dest)
+    print(f"{path} (sha256 verified)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except RunError as err:
+        if not err.quiet:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130

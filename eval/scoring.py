@@ -1,0 +1,69 @@
+"""`eval score`: CorLoc of anyone's boxes on a benchmark, as the same JSON summary `eval run` writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from .datasets import Dataset
+from .metrics import Box, corloc
+from .predictions import read_predictions
+
+
+def match_ids(dataset: Dataset, boxes: Mapping[str, Box | None]) -> tuple[dict[str, Box | None], int]:
+    """Map prediction ids onto ``dataset``'s image ids; return ``(boxes by dataset id, unknown count)``.
+
+    Besides exact ids, a file name (``000005.jpg``) matches its stem and an integer matches a VOC07
+    id zero-padded to six digits (``5`` → ``000005``), as COCO-style tools often write them.
+    """
+    known = {item.image_id for item in dataset.items}
+    matched: dict[str, Box | None] = {}
+    unknown = 0
+    for key, box in boxes.items():
+        candidates = [key, Path(key).stem]
+        if key.isdigit():
+            candidates.append(f"{int(key):06d}")
+        hit = next((c for c in candidates if c in known), None)
+        if hit is None:
+            unknown += 1
+        elif hit not in matched or key == hit:
+            matched[hit] = box
+    return matched, unknown
+
+
+def dataset_summary(dataset: Dataset) -> dict:
+    """The dataset fields every summary carries."""
+    summary = {
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "root": str(dataset.root),
+        "no_hard": dataset.no_hard,
+        "expected_images": dataset.expected_count,
+        "dropped_no_gt": dataset.dropped_no_gt,
+        "skipped_bad": len(dataset.skipped),
+    }
+    if dataset.image_list is not None:
+        summary["image_list"] = str(dataset.image_list)
+        summary["image_list_sha256"] = dataset.image_list_sha256
+        summary["official_image_list"] = dataset.official_list
+    return summary
+
+
+def score_file(dataset: Dataset, predictions: Path) -> dict:
+    """Score a predictions file (our JSONL or COCO results JSON) on ``dataset``; an image without
+    a prediction is a miss. Returns a JSON-ready summary with ``corloc`` (percent), ``correct``,
+    ``total``, ``missing``, ``unknown_ids`` and the dataset fields."""
+    preds = read_predictions(predictions)
+    boxes, unknown = match_ids(dataset, preds.boxes)
+    result = corloc(dataset.items, boxes)
+    return {
+        "corloc": round(result.value, 4),
+        "correct": result.correct,
+        "total": result.total,
+        "missing": result.missing,
+        "unknown_ids": unknown,
+        "unreadable_lines": preds.dropped,
+        "predictions": str(predictions),
+        "format": preds.format,
+        **dataset_summary(dataset),
+    }

@@ -1,0 +1,221 @@
+"""The app as users meet it: a real server on 127.0.0.1 driven by gradio_client and by a real
+browser (Debian chromium through Playwright). Nothing is downloaded: weights folders are empty, so
+the page opens on the ``random`` backbone with a note saying how to get the ImageNet weights."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from app.config import AppConfig
+from app.engine import Engine
+from app.ui import build_demo, launch_options
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, random_backbone):
+    """A launched app (in this process), its URL and its empty weights folder."""
+    weights_dir = tmp_path_factory.mktemp("app-weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISCOVERY_OFFLINE", "1")
+        mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("app-torch-home")))
+        config = AppConfig(weights_dir=weights_dir, port=free_port(), max_side=160, max_upload_mb=1, queue_size=32)
+        engine = Engine(weights_dir=weights_dir, max_side=config.max_side)
+        engine.add(random_backbone)
+        demo = build_demo(config, engine)
+        _, url, _ = demo.launch(**launch_options(config), prevent_thread_lock=True, quiet=True)
+        try:
+            yield url, weights_dir
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[0], verbose=False, download_files=False)
+
+
+@pytest.fixture
+def image_file(tmp_path, textured_image):
+    path = tmp_path / "object.png"
+    Image.fromarray(textured_image).save(path)
+    return path
+
+
+def _run(client, image, backbone="random", **kw):
+    args = dict(checkpoint="", stride=16, k=100, method="gradcam", target="") | kw
+    return client.predict(
+        handle_file(str(image)), backbone, args["checkpoint"], args["stride"], args["k"], args["method"],
+        args["target"], api_name="/run",
+    )
+
+
+def test_server_binds_loopback(server):
+    assert server[0].startswith("http://127.0.0.1:")
+
+
+def test_upload_gives_a_box_inside_the_image(client, image_file):
+    box, degree, mask, cam, record, download, status = _run(client, image_file)
+    assert "error" not in record, record
+    x1, y1, x2, y2 = record["lost"]["box"]
+    assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 96
+    assert record["backbone"] == "random" and "pipeline check" in record["note"]
+    for panel in (box, degree, mask, cam):
+        assert panel is not None
+    assert download is not None and "Done" in status
+
+
+def test_missing_weights_over_the_api(client, image_file, server):
+    *_, record, download, status = _run(client, image_file, backbone="imagenet")
+    assert "resnet50-0676ba61.pth" in record["error"] and str(server[1]) in record["error"]
+    assert download is None and "error" in status
+    text = client.predict("imagenet", "", api_name="/describe")
+    assert "resnet50-0676ba61.pth" in text and "download.pytorch.org" in text
+
+
+def test_twenty_simultaneous_requests_all_complete(server, tmp_path):
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(20):
+        h, w = 64 + 16 * (i % 3), 80 + 16 * (i % 4)
+        img = rng.integers(0, 90, size=(h, w, 3), dtype=np.uint8)
+        img[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 230
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        paths.append((tmp_path / f"{i}.png", w, h))
+
+    def one(item):
+        path, w, h = item
+        # a client per caller, as 20 browsers would be
+        record = _run(Client(server[0], verbose=False, download_files=False), path, k=50)[4]
+        return record, w, h
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, paths))
+    for record, w, h in results:
+        assert "error" not in record, record
+        x1, y1, x2, y2 = record["lost"]["box"]
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert record["image_size"] == {"width": w, "height": h}
+
+
+def test_upload_over_the_size_limit_is_refused(server, tmp_path):
+    import httpx
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 900, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 1024 * 1024
+    # the server itself refuses it (a browser or a raw HTTP client gets 413)...
+    with big.open("rb") as fh:
+        resp = httpx.post(f"{server[0]}gradio_api/upload", files={"files": ("big.png", fh, "image/png")}, timeout=60)
+    assert resp.status_code == 413, resp.text
+    # ...and gradio_client refuses before sending
+    client = Client(server[0], verbose=False, download_files=False)
+    with pytest.raises(Exception, match="exceed.* maximum"):
+        _run(client, big)
+
+
+def test_python_m_app_serves_on_loopback_only(tmp_path):
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "--port", str(port), "--weights-dir", str(tmp_path)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # blocks until the server is up (or the process died)
+        assert line.startswith(f"app running at http://127.0.0.1:{port}"), line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as resp:
+            assert resp.status == 200
+        listening = [
+            c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --- a real browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed at /usr/bin/chromium (run `make browser`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_browser_example_runs_end_to_end(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server[0], "data:", "blob:")) else None)
+    page.goto(server[0])
+    page.wait_for_selector("#run")
+    # Fresh machine: ImageNet weights are missing, so the page opened on random and says why.
+    note = page.inner_text("#backbone-status")
+    assert "resnet50-0676ba61.pth" in note and "pipeline check" in note
+    page.get_by_text("chelsea", exact=True).first.click()
+    page.wait_for_selector("#input-image img")
+    page.click("#run")
+    page.wait_for_selector("#box-image img", timeout=120_000)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Done')", timeout=60_000)
+    status = page.inner_text("#status")
+    assert "LOST box" in status and "error" not in status.lower()
+    assert page.locator("#cam-image img").count() == 1
+    body = page.inner_text("body")
+    assert "Traceback" not in body and "Error" not in body
+    assert outside == []  # nothing is fetched from outside the app
+    page.close()
+
+
+def test_browser_missing_weights_shows_the_fix(browser, server, image_file):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server[0])
+    page.wait_for_selector("#run")
+    page.click("#backbone input")
+    page.get_by_role("option", name="imagenet (missing)", exact=True).click()
+    page.wait_for_function(
+        "document.querySelector('#backbone-status').innerText.includes('resnet50-0676ba61.pth')", timeout=30_000
+    )
+    assert "discovery weights fetch imagenet" in page.inner_text("#backbone-status")
+    page.set_input_files("#input-image input[type=file]", str(image_file))
+    page.wait_for_selector("#input-image img")
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('error')", timeout=60_000)
+    status = page.inner_text("#status")
+    assert "resnet50-0676ba61.pth" in status
+    assert "Traceback" not in page.inner_text("body")
+    assert page.locator("#box-image img").count() == 0
+    page.close()

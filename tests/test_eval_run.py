@@ -1,0 +1,233 @@
+"""`eval run` end to end on synthetic data: batched = one-image path, resume after SIGKILL,
+2-process torchrun = 1 process, config guard, scoring reproduces CorLoc by hand.
+
+The backbone is a seeded random ResNet50 whose BatchNorm statistics were calibrated on a few
+synthetic images and saved as a ``.pt`` file: plain ``random`` init gives the whole image as the
+box for every input, which would make the equality checks below vacuous.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import resnet50
+
+from discovery.images import normalize_and_pad
+from discovery.localizer import Localizer
+from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
+from eval.cli import main
+from eval.datasets import open_dataset
+from eval.runner import RunError, RunOptions, run
+from eval.synth import make_image, make_synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+N_IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """Synthetic data, a calibrated checkpoint and an uninterrupted 1-process reference run."""
+    base = tmp_path_factory.mktemp("eval_run")
+    make_synthetic(base / "data", n=N_IMAGES, seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = resnet50(weights=None, replace_stride_with_dilation=[False, False, True])
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batch
+            m.reset_running_stats()
+    rng = np.random.default_rng(123)
+    calib = torch.stack([normalize_and_pad(make_image(rng, i, (64, 96)).rgb, IMAGENET_MEAN, IMAGENET_STD, 16) for i in range(6)])
+    net.train()
+    with torch.no_grad():
+        net(calib)
+    net.eval()
+    ckpt = base / "calibrated.pt"
+    torch.save(net.state_dict(), ckpt)
+    ref = base / "reference"
+    summary = run(RunOptions("voc07", base / "data", str(ckpt), ref, batch_size=4, workers=0, progress=False))
+    return {"base": base, "data": base / "data", "ckpt": ckpt, "ref": ref, "summary": summary}
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs,
+    )
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_reference_run_outputs(bench):
+    s, ref = bench["summary"], bench["ref"]
+    records = _lines(ref / "predictions.jsonl")
+    assert [r["image_id"] for r in records] == [f"{i:06d}" for i in range(1, N_IMAGES + 1)]
+    assert set(records[0]) >= {"image_id", "box", "seed", "correct", "iou"}
+    assert s["total"] == N_IMAGES and s["correct"] == sum(r["correct"] for r in records)
+    assert s["corloc"] == pytest.approx(100 * s["correct"] / N_IMAGES)
+    assert json.loads((ref / "results.json").read_text()) == s
+    for key in ("dataset", "split", "backbone", "weights_sha256", "stride", "k", "library_version", "git_revision",
+                "wall_time_s", "images_per_s"):
+        assert key in s
+    assert s["dataset"] == "voc07" and s["split"] == "trainval" and s["stride"] == 16 and s["k"] == 100
+    assert json.loads((ref / "config.json").read_text())["weights_sha256"] == s["weights_sha256"]
+    widths = {(r["box"][2] - r["box"][0], r["box"][3] - r["box"][1]) for r in records}
+    assert len(widths) > 3  # the boxes differ from image to image: the checks below are not vacuous
+
+
+def test_batched_boxes_equal_the_one_image_localizer(bench):
+    records = {r["image_id"]: r for r in _lines(bench["ref"] / "predictions.jsonl")}
+    localizer = Localizer(str(bench["ckpt"]), max_side=None)
+    dataset = open_dataset("voc07", bench["data"])
+    shapes = [tuple(-(-s // 16) * 16 for s in Image.open(it.path).size) for it in dataset.items]
+    assert len(set(shapes)) < len(shapes)  # some images shared a batch
+    for item in dataset.items:
+        loc = localizer(item.path)
+        assert records[item.image_id]["box"] == [round(v, 2) for v in loc.box]
+        assert records[item.image_id]["seed"] == [round(v, 2) for v in loc.seed_xy]
+
+
+def test_score_reproduces_corloc_computed_by_hand(bench, capsys):
+    """Independent of eval.datasets/metrics: parse the XML and compute IoU here."""
+    voc = bench["data"] / "VOCdevkit" / "VOC2007"
+    records = _lines(bench["ref"] / "predictions.jsonl")
+    correct = 0
+    for r in records:
+        root = ET.parse(voc / "Annotations" / f"{r['image_id']}.xml").getroot()
+        hit = False
+        for obj in root.iter("object"):
+            bb = obj.find("bndbox")
+            gx1, gy1 = float(bb.findtext("xmin")) - 1, float(bb.findtext("ymin")) - 1
+            gx2, gy2 = float(bb.findtext("xmax")), float(bb.findtext("ymax"))
+            x1, y1, x2, y2 = r["box"]
+            inter = max(0.0, min(x2, gx2) - max(x1, gx1)) * max(0.0, min(y2, gy2) - max(y1, gy1))
+            union = (x2 - x1) * (y2 - y1) + (gx2 - gx1) * (gy2 - gy1) - inter
+            hit |= inter / union >= 0.5
+        correct += hit
+    assert 0 < correct < N_IMAGES  # a mixed result, so a flipped rule would show
+    expected = 100 * correct / N_IMAGES
+    assert main(["score", "--dataset", "voc07", "--root", str(voc), "--predictions", str(bench["ref"] / "predictions.jsonl")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["corloc"] == pytest.approx(expected) and out["correct"] == correct and out["total"] == N_IMAGES
+    assert bench["summary"]["corloc"] == pytest.approx(expected)
+
+    # the same boxes as a COCO-style results file, with a worse, lower-scored box per image
+    coco = bench["base"] / "results_coco.json"
+    dets = []
+    for r in records:
+        x1, y1, x2, y2 = r["box"]
+        dets += [{"image_id": int(r["image_id"]), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 0.8},
+                 {"image_id": int(r["image_id"]), "bbox": [0, 0, 1, 1], "score": 0.1}]
+    coco.write_text(json.dumps(dets[2:]))  # the first image has none at all: a miss
+    assert main(["score", "--dataset", "voc07", "--root", str(voc), "--predictions", str(coco)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["format"] == "coco" and out["missing"] == 1
+    assert out["correct"] == correct - int(records[0]["correct"])
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(bench):
+    out = bench["base"] / "killed"
+    proc = _cli("-m", "eval", "run", "--dataset", "voc07", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]),
+                "--out", str(out), "--batch-size", "1", "--workers", "1", "--no-progress", start_new_session=True)
+    preds = out / "predictions.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if preds.exists() and preds.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its decoding worker, mid-run
+    proc.communicate()
+    done = preds.read_text().count("\n")
+    assert 2 <= done < N_IMAGES, "the kill must land mid-run"
+    with open(preds, "a") as fh:
+        fh.write('{"image_id": "0000')  # as if the kill had torn a line
+    summary = run(RunOptions("voc07", bench["data"], str(bench["ckpt"]), out, batch_size=4, workers=0, progress=False))
+    assert summary["images_resumed"] >= done and summary["images_this_run"] == N_IMAGES - summary["images_resumed"]
+    assert preds.read_bytes() == (bench["ref"] / "predictions.jsonl").read_bytes()
+    assert (summary["corloc"], summary["correct"], summary["total"]) == (
+        bench["summary"]["corloc"], bench["summary"]["correct"], bench["summary"]["total"])
+    # a third run has nothing left to do
+    again = run(RunOptions("voc07", bench["data"], str(bench["ckpt"]), out, batch_size=4, workers=0, progress=False))
+    assert again["images_this_run"] == 0 and again["corloc"] == summary["corloc"]
+
+
+def test_two_process_torchrun_equals_one_process(bench):
+    out = bench["base"] / "torchrun"
+    proc = _cli("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "eval", "run",
+                "--dataset", "voc07", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]), "--out", str(out),
+                "--batch-size", "4", "--workers", "0", "--no-progress")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])  # only rank 0 prints
+    assert summary["world_size"] == 2 and summary["images_this_run"] == N_IMAGES
+    assert (out / "predictions.jsonl").read_bytes() == (bench["ref"] / "predictions.jsonl").read_bytes()
+    assert (summary["corloc"], summary["correct"], summary["total"]) == (
+        bench["summary"]["corloc"], bench["summary"]["correct"], bench["summary"]["total"])
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "predictions.jsonl", "results.json"]
+
+
+def test_different_config_is_refused(bench, capsys, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(bench["ref"], out)
+    before = (out / "predictions.jsonl").read_bytes()
+    args = ["run", "--dataset", "voc07", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]), "--out", str(out),
+            "--workers", "0", "--no-progress"]
+    assert main([*args, "--k", "50"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out} holds a run with a different config (k: 100 there, 50 now)") and err.count("\n") == 1
+    assert main([*args, "--no-hard"]) == 2
+    assert "no_hard: False there, True now" in capsys.readouterr().err
+    assert main([*args, "--precision", "bf16"]) == 2
+    assert "precision: 'fp32' there, 'bf16' now" in capsys.readouterr().err
+    assert (out / "predictions.jsonl").read_bytes() == before
+    with pytest.raises(RunError, match="holds predictions but no config.json"):
+        (out / "config.json").unlink()
+        run(RunOptions("voc07", bench["data"], str(bench["ckpt"]), out, workers=0, progress=False))
+
+
+def test_unreadable_image_fails_clearly_or_is_skipped(bench, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(bench["data"] / "VOCdevkit", data / "VOCdevkit")
+    bad = data / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000002.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    args = ["run", "--dataset", "voc07", "--root", str(data), "--backbone", str(bench["ckpt"]), "--workers", "0",
+            "--no-progress", "--limit", "3"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read image {bad}") and "--skip-bad" in err and err.count("\n") == 1
+    assert main([*args, "--out", str(tmp_path / "b"), "--skip-bad"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped_images"] == 1 and summary["total"] == 2 and summary["limit"] == 3
+
+
+def test_coco20k_run_end_to_end(bench, capsys):
+    out = bench["base"] / "coco"
+    assert main(["run", "--dataset", "coco20k", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]),
+                 "--out", str(out), "--workers", "0", "--no-progress", "--limit", "3"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "not LOST's coco_20k_filenames.txt" in captured.err
+    assert summary["total"] == 3 and summary["official_image_list"] is False and summary["dataset"] == "coco20k"
+    ids = [r["image_id"] for r in _lines(out / "predictions.jsonl")]
+    dataset = open_dataset("coco20k", bench["data"])
+    assert ids == [it.image_id for it in dataset.items[:3]]
+    # extending the limit resumes: only the new images are computed
+    assert main(["run", "--dataset", "coco20k", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]),
+                 "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images_resumed"] == 3 and summary["total"] == len(dataset.items) == N_IMAGES - 1
