@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from discovery.explain import Explainer
 from discovery.localizer import Embedding, Localizer
 
 
@@ -31,7 +32,14 @@ def lost(localizer: Localizer, embeddings: Sequence[Embedding]) -> list[Proposal
     return [Proposal(loc.box, loc.seed_xy) for loc in localizer.localize(list(embeddings))]
 
 
-METHODS: MappingProxyType[str, Method] = MappingProxyType({"lost": lost})
+def gradcam(localizer: Localizer, embeddings: Sequence[Embedding]) -> list[Proposal]:
+    """Grad-CAM box (DESIGN.md §5): the top-1 class's map (the pooled-feature norm for headless
+    backbones), thresholded at :data:`discovery.explain.DEFAULT_THRESHOLD` of its maximum, largest
+    connected component. A classic baseline, scored with the same protocol as LOST."""
+    return [Proposal(cam.box) for cam in Explainer(localizer).explain_embeddings(embeddings)]
+
+
+METHODS: MappingProxyType[str, Method] = MappingProxyType({"lost": lost, "gradcam": gradcam})
 
 
 def get_method(name: str) -> Method:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torchvision.models import resnet50
 
+from discovery.explain import Explainer
 from discovery.images import normalize_and_pad
 from discovery.localizer import Localizer
 from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
@@ -231,3 +232,16 @@ def test_coco20k_run_end_to_end(bench, capsys):
                  "--out", str(out), "--workers", "0", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["images_resumed"] == 3 and summary["total"] == len(dataset.items) == N_IMAGES - 1
+
+
+def test_gradcam_method_scores_cam_boxes(bench, capsys):
+    out = bench["base"] / "gradcam"
+    assert main(["run", "--dataset", "voc07", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]),
+                 "--out", str(out), "--workers", "0", "--no-progress", "--method", "gradcam", "--limit", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "gradcam" and summary["total"] == 4
+    explainer = Explainer(Localizer(str(bench["ckpt"]), max_side=None))
+    dataset = open_dataset("voc07", bench["data"])
+    for record, item in zip(_lines(out / "predictions.jsonl"), dataset.items):
+        assert record["box"] == [round(v, 2) for v in explainer(item.path).box]
+        assert record["seed"] is None

@@ -1,0 +1,120 @@
+"""``discovery explain IMAGE...``: Grad-CAM / EigenCAM maps, CAM boxes, optional sanity check.
+
+Prints one JSON line per image on stdout; the sanity-check tables go to stderr so stdout stays
+machine-readable (their numbers are also in the JSON line, under ``"sanity"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import viz
+from ..cli import add_backbone_args
+from ..examples import EXAMPLES, example_path
+from ..explain import DEFAULT_THRESHOLD, METHODS, CamResult, Explainer, plot_sanity, sanity_check
+from ..images import ImageError
+from ..localizer import DEFAULT_MAX_SIDE, Localizer
+from .locate import unique_path
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="explain what the network looked at (Grad-CAM / EigenCAM)")
+    p.add_argument("images", nargs="*", metavar="IMAGE")
+    p.add_argument("--example", action="append", default=[], choices=sorted(EXAMPLES), help="also explain a bundled example photo (repeatable)")
+    add_backbone_args(p)
+    p.add_argument("--method", default="gradcam", choices=METHODS, help="saliency method (default gradcam)")
+    p.add_argument(
+        "--target", default=None, metavar="CLASS",
+        help="ImageNet class index or name to explain (default: the top-1 prediction; "
+        "headless backbones explain the pooled-feature norm)",
+    )
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"CAM box threshold, fraction of the map's max (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="shrink larger images to this side first (0: never)")
+    p.add_argument("--out-dir", type=Path, default=None, help="write <name>_<method>.png overlays (heat map + CAM box) here")
+    p.add_argument("--sanity-check", action="store_true", help="randomise layers top-down and report how the map changes")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="with --sanity-check: save the maps and metrics as a figure")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sanity check's re-initialisation (default 0)")
+    p.set_defaults(run=run)
+
+
+def cam_overlay(rgb: np.ndarray, res: CamResult) -> np.ndarray:
+    """The heat map over the image with the CAM box drawn on it."""
+    return viz.draw_box(viz.heatmap(rgb, res.cam), res.box, res.embedding.image.original_size)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.max_side < 0:
+        raise ValueError(f"--max-side must be positive (0: never shrink), got {args.max_side}")
+    if args.plot is not None:
+        if not args.sanity_check:
+            raise ValueError("--plot needs --sanity-check")
+        if args.plot.suffix.lower() not in PLOT_SUFFIXES:
+            raise ValueError(f"--plot must end in {', '.join(PLOT_SUFFIXES)}, got {args.plot.name!r}")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot needs matplotlib: pip install matplotlib")
+        if args.plot.parent.exists() and not args.plot.parent.is_dir():
+            raise ValueError(f"--plot {args.plot}: {args.plot.parent} is not a directory")
+    if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
+        raise ValueError(f"--out-dir {args.out_dir}: not a directory")
+
+
+def _plot_path(plot: Path, image: str, several: bool, taken: set[Path]) -> Path:
+    if not several:
+        return plot
+    return unique_path(plot.parent, f"{plot.stem}_{Path(image).stem}", plot.suffix, taken)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    images = list(args.images) + [str(example_path(name)) for name in args.example]
+    if not images:
+        raise ValueError("give at least one IMAGE or --example NAME")
+    localizer = Localizer(
+        args.backbone, device=args.device, stride=args.stride, max_side=args.max_side or None, weights_dir=args.weights_dir,
+    )
+    info = localizer.backbone.info
+    if info.is_random:
+        print("note: backbone 'random' is a pipeline check, not a model", file=sys.stderr)
+    explainer = Explainer(localizer, threshold=args.threshold)
+    explainer.check(args.method, args.target)  # a bad --target fails once, before any image
+    for folder in (args.out_dir, args.plot.parent if args.plot else None):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    failed, written, plots = 0, set(), set()
+    for image in images:
+        try:
+            prepared = localizer.prepare(image)
+        except ImageError as err:
+            print(f"error: {image}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.sanity_check:
+            report = sanity_check(explainer, prepared, method=args.method, target=args.target, seed=args.seed)
+            res = report.original
+        else:
+            res = explainer(prepared, method=args.method, target=args.target)
+        record = {"image": image, **res.to_json(), "backbone": info.name, "weights_sha256": info.sha256}
+        if args.out_dir:
+            out = unique_path(args.out_dir, Path(image).stem, f"_{args.method}.png", written)
+            Image.fromarray(cam_overlay(prepared.rgb, res)).save(out)
+            record["overlay"] = str(out)
+        if args.sanity_check:
+            record["sanity"] = [s.to_json() for s in report.steps]
+            print(f"sanity check, {image} ({args.method}, target {res.target_name}):\n{report.table()}", file=sys.stderr)
+            if args.plot:
+                path = _plot_path(args.plot, image, len(images) > 1, plots)
+                plot_sanity(report, prepared.rgb, path)
+                record["plot"] = str(path)
+        print(json.dumps(record), flush=True)
+    return 1 if failed else 0
