@@ -139,6 +139,24 @@ def open_dataset(
     return _open_voc(name, root, no_hard, skip_bad)
 
 
+def image_paths(name: str, root: str | Path, image_list: str | Path | None = None) -> list[Path]:
+    """The split's image files, from the split / image list alone: no annotation is read.
+
+    For consumers that must not see labels (the PUL trainer). Same root layouts and errors as
+    :func:`open_dataset`; files are not checked for existence.
+    """
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} is not a directory" if root.exists() else f"dataset root {root} does not exist")
+    if name == "coco20k":
+        folder, images_dir, _ = find_coco_folder(root)
+        return [images_dir / base for base, _ in read_image_list(_coco20k_list(root, folder, image_list))]
+    folder, _, ids = _voc_split(name, root)
+    return [folder / "JPEGImages" / f"{image_id}.jpg" for image_id in ids]
+
+
 # --- VOC ---------------------------------------------------------------------------------------
 
 
@@ -224,19 +242,24 @@ def parse_voc_annotation(path: Path, no_hard: bool = False) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def _open_voc(name: str, root: Path, no_hard: bool, skip_bad: bool) -> Dataset:
+def _voc_split(name: str, root: Path) -> tuple[Path, str, list[str]]:
+    """``(VOC folder, split name, image ids)`` from the split file alone."""
     folder_name, split, _ = DATASETS[name]
     folder = find_voc_folder(root, folder_name[3:])
     split_file = folder / "ImageSets" / "Main" / f"{split}.txt"
     try:
-        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"cannot read {split_file}: {err}") from None
     if not ids:
         raise DatasetError(f"{split_file} lists no images")
+    return folder, split, ids
+
+
+def _open_voc(name: str, root: Path, no_hard: bool, skip_bad: bool) -> Dataset:
+    folder, split, ids = _voc_split(name, root)
     items, skipped, dropped = [], [], 0
     for image_id in ids:
-        image_id = image_id.split()[0]
         image = folder / "JPEGImages" / f"{image_id}.jpg"
         try:
             boxes = parse_voc_annotation(folder / "Annotations" / f"{image_id}.xml", no_hard)
@@ -318,21 +341,25 @@ def coco_box(bbox) -> tuple[int, int, int, int]:
     return tuple(int(round(v)) for v in (x, y, x + w, y + h))
 
 
-def _open_coco20k(root: Path, image_list: str | Path | None, skip_bad: bool) -> Dataset:
-    folder, images_dir, ann_file = find_coco_folder(root)
+def _coco20k_list(root: Path, folder: Path, image_list: str | Path | None) -> Path:
+    """The COCO20k list file: ``image_list``, else ``coco_20k_filenames.txt`` in the COCO folder or root."""
     if image_list is None:
         for candidate in (folder / COCO20K_LIST_NAME, root / COCO20K_LIST_NAME):
             if candidate.is_file():
-                image_list = candidate
-                break
-        else:
-            raise DatasetError(
-                f"COCO20k needs LOST's image list {COCO20K_LIST_NAME}: run `python -m eval fetch-coco20k --root {root}` "
-                "or pass --image-list FILE"
-            )
+                return candidate
+        raise DatasetError(
+            f"COCO20k needs LOST's image list {COCO20K_LIST_NAME}: run `python -m eval fetch-coco20k --root {root}` "
+            "or pass --image-list FILE"
+        )
     image_list = Path(image_list).expanduser()
     if not image_list.is_file():
         raise DatasetError(f"image list {image_list} does not exist")
+    return image_list
+
+
+def _open_coco20k(root: Path, image_list: str | Path | None, skip_bad: bool) -> Dataset:
+    folder, images_dir, ann_file = find_coco_folder(root)
+    image_list = _coco20k_list(root, folder, image_list)
     entries = read_image_list(image_list)
     try:
         with open(ann_file) as fh:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from eval.cli import main
-from eval.datasets import DatasetError, coco_box, open_dataset
+from eval.datasets import DatasetError, coco_box, image_paths, open_dataset
 from eval.fetch import fetch_coco20k_list
 
 
@@ -264,3 +264,16 @@ def test_fetch_coco20k_never_downloads_offline(tmp_path, capsys):
     assert main(["fetch-coco20k", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "coco_20k_filenames.txt" in err and not list(tmp_path.iterdir())
+
+
+def test_image_paths_read_no_annotation(voc_root, coco_root):
+    voc = voc_root / "VOCdevkit" / "VOC2007"
+    expected = [it.path for it in open_dataset("voc07", voc_root).items]
+    for xml in (voc / "Annotations").iterdir():
+        xml.write_text("<not xml")  # unreadable annotations do not matter to image_paths
+    assert image_paths("voc07", voc_root) == expected
+    listed = [it.path for it in open_dataset("coco20k", coco_root).items]
+    (coco_root / "annotations" / "instances_train2014.json").write_text("{broken")
+    assert image_paths("coco20k", coco_root) == listed
+    with pytest.raises(DatasetError, match="no PASCAL VOC2012"):
+        image_paths("voc12", voc_root)
