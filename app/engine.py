@@ -12,7 +12,6 @@ import copy
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,19 +232,8 @@ def _round(values) -> list[float]:
     return [round(float(v), 2) for v in values]
 
 
-def _on_padded(prepared: PreparedImage, draw: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Apply a feature-grid overlay on the padded canvas, then crop: grid cells stay aligned."""
-    height, width = prepared.size
-    hp, wp = prepared.tensor.shape[1:]
-    canvas = np.zeros((hp, wp, 3), np.uint8)
-    canvas[:height, :width] = prepared.rgb
-    return np.ascontiguousarray(draw(canvas)[:height, :width])
-
-
 def _render(prepared: PreparedImage, loc, cam) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rgb = prepared.rgb
-    box_image = viz.draw_box(rgb, loc.box, loc.image_size, loc.seed_xy)
-    degree_image = _on_padded(prepared, lambda canvas: viz.degree_map(canvas, loc.degree))
-    mask_image = _on_padded(prepared, lambda canvas: viz.mask_overlay(canvas, loc.mask))
+    box_image, degree_image, mask_image = viz.lost_panels(rgb, tuple(prepared.tensor.shape[1:]), loc)
     cam_image = viz.draw_box(viz.heatmap(rgb, cam.cam), cam.box, loc.image_size, color=CAM_BOX_COLOR)
     return box_image, degree_image, mask_image, cam_image

@@ -61,6 +61,25 @@ def mask_overlay(rgb: np.ndarray, mask: torch.Tensor, color: tuple[int, int, int
     return out
 
 
+def on_padded(rgb: np.ndarray, padded_size: tuple[int, int], draw) -> np.ndarray:
+    """Apply a feature-grid overlay ``draw(canvas) -> canvas`` on the zero-padded canvas the
+    network saw (``padded_size`` (Hp, Wp)), then crop back to ``rgb``'s size: grid cells stay aligned."""
+    height, width = rgb.shape[:2]
+    canvas = np.zeros((padded_size[0], padded_size[1], 3), np.uint8)
+    canvas[:height, :width] = rgb
+    return np.ascontiguousarray(draw(canvas)[:height, :width])
+
+
+def lost_panels(rgb: np.ndarray, padded_size: tuple[int, int], loc) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box and seed, inverse-degree map, seed mask for a :class:`~discovery.localizer.Localization`
+    computed on ``rgb`` (the network's unpadded input) padded to ``padded_size``."""
+    return (
+        draw_box(rgb, loc.box, loc.image_size, loc.seed_xy),
+        on_padded(rgb, padded_size, lambda canvas: degree_map(canvas, loc.degree)),
+        on_padded(rgb, padded_size, lambda canvas: mask_overlay(canvas, loc.mask)),
+    )
+
+
 def side_by_side(*panels: np.ndarray, gap: int = 8) -> np.ndarray:
     """Concatenate same-height panels horizontally with a white gap."""
     height = panels[0].shape[0]

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     loc = localizer.localize(emb)
     args.out.mkdir(parents=True, exist_ok=True)
     overlay = args.out / f"{args.example}_{loc.backbone}_lost.png"
-    Image.fromarray(lost_panels(emb.image.rgb, loc)).save(overlay)
+    Image.fromarray(lost_panels(emb, loc)).save(overlay)
     print(json.dumps({"image": str(path), **loc.to_json(), "overlay": str(overlay)}))
     print(f"overlay (box and seed | degree map | seed mask) written to {overlay}", file=sys.stderr)
     return 0

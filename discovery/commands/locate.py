@@ -13,7 +13,7 @@ from PIL import Image
 from .. import viz
 from ..cli import add_backbone_args
 from ..images import ImageError
-from ..localizer import DEFAULT_MAX_SIDE, Localization, Localizer
+from ..localizer import DEFAULT_MAX_SIDE, Embedding, Localization, Localizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,13 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def lost_panels(rgb: np.ndarray, loc: Localization) -> np.ndarray:
+def lost_panels(emb: Embedding, loc: Localization) -> np.ndarray:
     """Box and seed | degree map | seed mask, side by side."""
-    return viz.side_by_side(
-        viz.draw_box(rgb, loc.box, loc.image_size, loc.seed_xy),
-        viz.degree_map(rgb, loc.degree),
-        viz.mask_overlay(rgb, loc.mask),
-    )
+    return viz.side_by_side(*viz.lost_panels(emb.image.rgb, tuple(emb.image.tensor.shape[1:]), loc))
 
 
 def unique_path(directory: Path, stem: str, suffix: str, taken: set[Path]) -> Path:
@@ -66,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         record = {"image": image, **loc.to_json()}
         if args.overlay_dir:
             out = unique_path(args.overlay_dir, Path(image).stem, "_lost.png", written)
-            Image.fromarray(lost_panels(emb.image.rgb, loc)).save(out)
+            Image.fromarray(lost_panels(emb, loc)).save(out)
             record["overlay"] = str(out)
         print(json.dumps(record), flush=True)
     return 1 if failed else 0
