@@ -6,6 +6,7 @@ for the accepted names. Device and output stride are parameters; nothing is glob
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,27 @@ class Backbone(nn.Module):
 
 def _resnet(stride: int) -> nn.Module:
     return resnet50(weights=None, replace_stride_with_dilation=STRIDE_DILATION[stride])
+
+
+def fold_batchnorm(trunk: nn.Sequential) -> nn.Sequential:
+    """An inference copy of a ResNet trunk with each BatchNorm folded into the convolution before it.
+
+    ``w' = w·γ/√(σ²+ε)``, ``b' = β − μ·γ/√(σ²+ε)`` (eval-mode statistics): one pass over each
+    activation less. ``trunk`` itself is left unchanged.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(trunk).eval()
+    fused[0], fused[1] = fuse_conv_bn_eval(fused[0], fused[1]), nn.Identity()
+    for layer in fused[4:]:
+        for block in layer:
+            for i in (1, 2, 3):
+                conv, bn = getattr(block, f"conv{i}"), getattr(block, f"bn{i}")
+                setattr(block, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                setattr(block, f"bn{i}", nn.Identity())
+            if block.downsample is not None:
+                block.downsample = fuse_conv_bn_eval(block.downsample[0], block.downsample[1])
+    return fused.requires_grad_(False)
 
 
 @torch.no_grad()

@@ -400,9 +400,6 @@ def sanity_check(
     prepared = image if isinstance(image, PreparedImage) else explainer.localizer.prepare(image)
     original = explainer(prepared, method=method, target=target)
     net = copy.deepcopy(explainer.backbone)
-    shadow_localizer = copy.copy(explainer.localizer)  # same settings (stride, precision, layout...)
-    shadow_localizer.backbone = net
-    shadow = Explainer(shadow_localizer, explainer.threshold)
     fixed = original.target if method == "gradcam" else None
     steps = []
     with torch.random.fork_rng(devices=[]):
@@ -417,6 +414,7 @@ def sanity_check(
             for module in modules:
                 _reinit(module)
             net.requires_grad_(False)
+            shadow = Explainer(explainer.localizer.with_backbone(net), explainer.threshold)
             res = shadow(prepared, method=method, target=fixed)
             rho, ssim = compare_maps(original.cam, res.cam)
             steps.append(SanityStep(layer, rho, ssim, res.cam))

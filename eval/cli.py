@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder: config.json, predictions.jsonl, results.json")
     p.add_argument("--k", type=int, default=100, help="LOST expansion candidates (default 100)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass, same padded size only (default 8)")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (default 2; 0 decodes inline)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass, same padded size only (default: 1 on CPU, 16 on GPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding processes, 0 decodes inline (default: 0 on <= 2 cores, else half the cores, at most 4)")
     p.add_argument("--method", default="lost", choices=tuple(METHODS), help="box method (default lost)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="trunk precision: fp32 (default, the protocol) or bf16/fp16 autocast (GPU speed; boxes may change)")

@@ -138,7 +138,7 @@ def test_run_gives_panels_json_and_file(handlers, textured_image, random_backbon
 def test_one_forward_pass_serves_lost_and_cam(engine, textured_image):
     explainer, _ = engine.explainer("random", 16)
     calls = []
-    handle = explainer.backbone.register_forward_hook(lambda *a: calls.append(1))
+    handle = explainer.localizer.trunk.register_forward_hook(lambda *a: calls.append(1))  # the trunk that runs
     try:
         analysis = engine.analyze(textured_image, "random", 16, 100, "gradcam")
     finally:

@@ -173,3 +173,12 @@ def test_huge_image_memory_is_bounded(tmp_path):
     x1, y1, x2, y2 = result["box"]
     assert 0 <= x1 < x2 <= 12000 and 0 <= y1 < y2 <= 9000
     assert result["peak_mb"] < 2000
+
+
+def test_folded_batchnorm_matches_the_plain_trunk(random_backbone, textured_image):
+    fused, plain = Localizer(random_backbone), Localizer(random_backbone, fuse_batchnorm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.trunk.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in random_backbone.trunk.modules())  # original untouched
+    a, b = fused.embed(textured_image), plain.embed(textured_image)
+    torch.testing.assert_close(a.features, b.features, rtol=1e-4, atol=1e-3)
+    assert fused.localize(a).box == plain.localize(b).box
