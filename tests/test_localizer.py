@@ -180,5 +180,5 @@ def test_folded_batchnorm_matches_the_plain_trunk(random_backbone, textured_imag
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.trunk.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in random_backbone.trunk.modules())  # original untouched
     a, b = fused.embed(textured_image), plain.embed(textured_image)
-    torch.testing.assert_close(a.features, b.features, rtol=1e-4, atol=1e-3)
+    assert (a.features - b.features).abs().max() <= 1e-5 * b.features.abs().max()  # float rounding only
     assert fused.localize(a).box == plain.localize(b).box
