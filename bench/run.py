@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["boxes_mismatched"] = mismatched
 
         localizer = Localizer("random", device=args.device)
-        per_image, achieved = backbone_throughput(localizer, batch=2, repeats=2 if args.quick else 3)
+        per_image, achieved = backbone_throughput(localizer, batch=1, repeats=3 if args.quick else 5)
         figures["backbone_gflop_per_image"] = round(per_image, 2)
         figures["backbone_gflops"] = round(achieved, 1)
         figures["backbone_efficiency"] = round(achieved / figures["gemm_gflops"], 3)
