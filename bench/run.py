@@ -140,12 +140,13 @@ def run_eval(root: Path, out: Path, limit: int, args: argparse.Namespace, precis
 def peak_rss_mb(root: Path, out: Path, limit: int, args: argparse.Namespace) -> float:
     """Peak RSS (MB) of a fresh process running ``eval run`` over the first ``limit`` images."""
     script = (
-        "import json, resource\n"
+        "import re\n"
         "from pathlib import Path\n"
         "from eval.runner import RunOptions, run\n"
         f"run(RunOptions(dataset='voc07', root=Path({str(root)!r}), backbone='random', out=Path({str(out)!r}),"
         f" limit={limit}, batch_size={args.batch_size}, workers={args.workers}, device={args.device!r}, progress=False))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        # VmHWM, not ru_maxrss: Linux carries the forking parent's RSS into a child's ru_maxrss
+        "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) / 1024)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     if done.returncode != 0:
