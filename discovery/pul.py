@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .backbones import Backbone, load_backbone
+from .distributed import DistContext, from_env, join, teardown
 from .pul_data import (
     BatchList,
     ImageList,
@@ -358,69 +359,10 @@ def set_rng_state(saved: dict[str, Any]) -> None:
 # --- distributed ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a (possibly single-process) job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_from_env() -> Dist:
-    """Rank and world size from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _init_dist(dist: Dist, device: torch.device) -> bool:
-    import torch.distributed as td
-
-    if not dist.enabled or td.is_initialized():
-        return False
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    td.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
-def _all_gather(obj: Any, dist: Dist) -> list[Any]:
-    if not dist.enabled:
-        return [obj]
-    import torch.distributed as td
-
-    out: list[Any] = [None] * dist.world_size
-    td.all_gather_object(out, obj)
-    return out
-
-
-def _barrier(dist: Dist) -> None:
-    if dist.enabled:
-        import torch.distributed as td
-
-        td.barrier()
-
-
-def _sum(values: torch.Tensor, dist: Dist) -> torch.Tensor:
-    if dist.enabled:
-        import torch.distributed as td
-
-        td.all_reduce(values)
-    return values
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 
-def validate(config: PULConfig, dist: Dist) -> None:
+def validate(config: PULConfig, dist: DistContext) -> None:
     """Refuse bad numbers and file conflicts before anything expensive (raises :class:`PULError`,
     ``FileExistsError`` or ``FileNotFoundError``, one line each)."""
     checks = [
@@ -462,12 +404,12 @@ def image_list(config: PULConfig) -> ImageList:
     return list_dataset(config.dataset, config.root)
 
 
-def scan(dataset: PULImages, images: ImageList, workers: int, dist: Dist) -> tuple[list[int], list[str]]:
+def scan(dataset: PULImages, images: ImageList, workers: int, dist: DistContext) -> tuple[list[int], list[str]]:
     """Decode every image once (sharded over ranks); return ``(usable indices, skipped relative paths)``."""
     mine = list(range(dist.rank, len(images), dist.world_size))
     loader = DataLoader(ScanImages(dataset, mine), batch_size=None, num_workers=min(workers, len(mine)))
     bad_here = [i for i, reason in loader if reason]
-    bad = sorted(i for part in _all_gather(bad_here, dist) for i in part)
+    bad = sorted(i for part in dist.all_gather(bad_here) for i in part)
     bad_set = set(bad)
     return [i for i in range(len(images)) if i not in bad_set], [images.relative[i] for i in bad]
 
@@ -510,22 +452,19 @@ class DynamicsLog:
         self._fh.close()
 
 
-def _device(config: PULConfig, dist: Dist) -> torch.device:
+def _device(dist: DistContext) -> torch.device:
     try:
-        device = torch.device(config.device)
+        device = torch.device(dist.device)
     except RuntimeError:
-        raise PULError(f"--device {config.device!r} is not a torch device") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PULError(f"--device {config.device}: CUDA is not available here")
-        if dist.enabled:
-            device = torch.device("cuda", dist.local_rank)
+        raise PULError(f"--device {dist.device!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PULError(f"--device {dist.device}: CUDA is not available here")
     return device
 
 
 def metadata(
     config: PULConfig, base: Backbone, images: ImageList, skipped: list[str], labels: torch.Tensor,
-    steps: int, dist: Dist,
+    steps: int, dist: DistContext,
 ) -> dict[str, Any]:
     """The checkpoint's JSON metadata: the base, every training choice, the data fingerprint."""
     from . import __version__
@@ -584,31 +523,29 @@ def train(config: PULConfig, log: Callable[[str], None] | None = None) -> PULRes
         PULError, FileExistsError, FileNotFoundError, discovery.weights.WeightsError: one-line
         user errors (bad options, no images, unloadable base, a resume file from another run).
     """
-    dist = dist_from_env()
-    say = (log or (lambda msg: print(msg, file=sys.stderr))) if dist.main else (lambda msg: None)
+    dist = from_env(config.device)
+    say = (log or (lambda msg: print(msg, file=sys.stderr))) if dist.is_main else (lambda msg: None)
     out = Path(config.out).expanduser()
     config = dataclasses.replace(config, out=out)
     validate(config, dist)
-    device = _device(config, dist)
+    device = _device(dist)
     images = image_list(config)
     base = load_backbone(config.base, device="cpu", stride=TRAIN_STRIDE, weights_dir=config.weights_dir)
     if base.info.is_random:
         say("note: base 'random' is a pipeline check, not a model")
-    started = _init_dist(dist, device)
+    started = join(dist)
     try:
         return _train(config, dist, device, images, base, say)
     finally:
         if started:
-            import torch.distributed as td
-
-            td.destroy_process_group()
+            teardown(dist)
 
 
-def _train(config: PULConfig, dist: Dist, device: torch.device, images: ImageList, base: Backbone, say) -> PULResult:
+def _train(config: PULConfig, dist: DistContext, device: torch.device, images: ImageList, base: Backbone, say) -> PULResult:
     out = config.out
     state_file = state_path(out)
     labels = random_labels(len(images), config.classes, config.seed)
-    digests = _all_gather(labels_digest(labels), dist)
+    digests = dist.all_gather(labels_digest(labels))
     if len(set(digests)) != 1:
         raise RuntimeError("ranks disagree on the random labels")
     dataset = PULImages(images, labels, config.input_size, base.mean, base.std, config.seed)
@@ -640,16 +577,16 @@ def _train(config: PULConfig, dist: Dist, device: torch.device, images: ImageLis
         set_rng_state(saved["rng"])
         step = int(saved["step"])
         say(f"resuming {state_file} at step {step} of {total_steps}")
-    elif dist.main and config.overwrite:
+    elif dist.is_main and config.overwrite:
         state_file.unlink(missing_ok=True)
-    _barrier(dist)
+    dist.barrier()
 
     model: nn.Module = student
-    if dist.enabled:
+    if dist.active:
         model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
 
     dynamics = probe = before = None
-    if config.log_dynamics is not None and dist.main:
+    if config.log_dynamics is not None and dist.is_main:
         dynamics = DynamicsLog(config.log_dynamics, config.classes, step)
         chosen = torch.randperm(len(usable), generator=generator(config.seed, "probe"))[: config.probe_size].tolist()
         probe = torch.stack([dataset[(usable[j], -1)][0] for j in chosen]).to(device, memory_format=layout)
@@ -658,17 +595,17 @@ def _train(config: PULConfig, dist: Dist, device: torch.device, images: ImageLis
 
     def write_state(at: int) -> None:
         check_finite(student, at, state_file)
-        if dist.main:
+        if dist.is_main:
             save_state(state_file, {
                 "format": STATE_FORMAT, "config": expected, "step": at, "epoch": at // spe,
                 "student": {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "rng": rng_state(), "skipped": list(skipped),
             })
-        _barrier(dist)
+        dist.barrier()
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (dist.main and config.progress), dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (dist.is_main and config.progress), dynamic_ncols=True)
     seen, clock = 0, time.perf_counter()
     stopped = False
     try:
@@ -692,7 +629,7 @@ def _train(config: PULConfig, dist: Dist, device: torch.device, images: ImageLis
                 ce = F.cross_entropy(logits, y)
                 kl = distill_kl(predictions, teacher_logits, config.temperature)
                 loss = ce + config.kl_weight * config.temperature**2 * kl
-                bad = _sum(torch.isfinite(loss.detach()).logical_not().double().reshape(1), dist)
+                bad = dist.all_reduce_sum(torch.isfinite(loss.detach()).logical_not().double().reshape(1))
                 if bad.item():
                     raise PULError(
                         f"the loss became non-finite at step {step} (CE {ce.item():.4g}, KL {kl.item():.4g}); "
@@ -705,7 +642,7 @@ def _train(config: PULConfig, dist: Dist, device: torch.device, images: ImageLis
                 if config.log_dynamics is not None:
                     n = len(y)
                     hist = torch.bincount(logits.detach().argmax(1), minlength=config.classes).double()
-                    sums = _sum(torch.cat([torch.stack([ce.detach() * n, kl.detach() * n]).double(), hist.to(device)]), dist).cpu()
+                    sums = dist.all_reduce_sum(torch.cat([torch.stack([ce.detach() * n, kl.detach() * n]).double(), hist.to(device)])).cpu()
                     count = float(sums[2:].sum())
                     if dynamics is not None:
                         with torch.no_grad():
@@ -737,11 +674,11 @@ def _train(config: PULConfig, dist: Dist, device: torch.device, images: ImageLis
         return PULResult(None, state_file, step, total_steps, len(usable), tuple(skipped))
     check_finite(student, step, state_file)
     meta = metadata(config, base, images, skipped, labels, step, dist)
-    if dist.main:
+    if dist.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out, resnet_state(student, base.fc is not None), meta)
         state_file.unlink(missing_ok=True)
-    _barrier(dist)
+    dist.barrier()
     return PULResult(out, state_file, step, total_steps, len(usable), tuple(skipped), meta)
 
 

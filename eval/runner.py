@@ -31,11 +31,11 @@ import torch
 from tqdm import tqdm
 
 import discovery
+from discovery.distributed import DistContext, setup, teardown
 from discovery.localizer import Localizer
 
 from . import predictions as P
 from .datasets import Dataset, Item, open_dataset
-from .distributed import DistContext, setup, teardown
 from .loader import bucketed, decoded_stream
 from .methods import Proposal, get_method
 from .metrics import best_iou, corloc

@@ -64,9 +64,9 @@ def run_train(args: argparse.Namespace) -> int:
     )
     result = train(config)
     if result.finished:
-        from ..pul import dist_from_env
+        from ..distributed import from_env
 
-        if dist_from_env().main:
+        if from_env().is_main:
             skipped = f", {len(result.skipped)} unreadable skipped" if result.skipped else ""
             print(f"wrote {result.out} ({result.images} images{skipped}, {result.steps} steps); "
                   f"use it with --backbone pul:{result.out}")

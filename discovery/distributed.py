@@ -1,4 +1,5 @@
-"""The few torch.distributed pieces the harness needs, and a no-op context for one process.
+"""The few torch.distributed pieces the evaluation harness and the PUL trainer need, and a no-op
+context for one process.
 
 Under ``torchrun`` the environment carries ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; we join the
 group with ``gloo`` on CPU or ``nccl`` on CUDA. Without it everything runs as rank 0 of 1.
@@ -47,6 +48,20 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the ranks (in place)."""
+        if self.active:
+            dist.all_reduce(values)
+        return values
+
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj``, in rank order, on rank 0 (``None`` elsewhere)."""
         if not self.active:
@@ -60,24 +75,36 @@ class DistContext:
             dist.barrier()
 
 
-def setup(device: str = "cpu") -> DistContext:
-    """Join the torchrun group if there is one; return this process's :class:`DistContext`.
+def from_env(device: str = "cpu") -> DistContext:
+    """This process's place from torchrun's environment, without joining the group yet.
 
     ``device`` is the user's choice; under torchrun a bare ``cuda`` becomes ``cuda:LOCAL_RANK``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(device=device)
-    rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device.startswith("cuda")
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    return DistContext(int(os.environ["RANK"]), world, local_rank, device)
+
+
+def join(ctx: DistContext) -> bool:
+    """Join the process group of ``ctx`` (gloo on CPU, nccl on CUDA); ``True`` if this call did."""
+    if not ctx.active or dist.is_initialized():
+        return False
+    cuda = ctx.device.startswith("cuda")
     if cuda:
-        if device == "cuda":
-            device = f"cuda:{local_rank}"
-        torch.cuda.set_device(torch.device(device))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistContext(rank, world, local_rank, device)
+        torch.cuda.set_device(torch.device(ctx.device))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True
+
+
+def setup(device: str = "cpu") -> DistContext:
+    """Join the torchrun group if there is one; return this process's :class:`DistContext`."""
+    ctx = from_env(device)
+    join(ctx)
+    return ctx
 
 
 def teardown(ctx: DistContext) -> None:
