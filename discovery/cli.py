@@ -28,6 +28,31 @@ def add_backbone_args(parser: argparse.ArgumentParser, default: str = "imagenet"
     parser.add_argument("--weights-dir", default=None, help="folder of weights files (default: the project's weights/)")
 
 
+class ImageLoop:
+    """Iterate ``(image, load(image))`` over user-given images; an unreadable one gets one
+    ``error: <file>: <reason>`` line on stderr and is counted, and the others still run.
+
+    ``exit_code`` is 1 once any image failed, else 0.
+    """
+
+    def __init__(self, images, load):
+        self.images, self.load, self.failed = list(images), load, 0
+
+    def __iter__(self):
+        for image in self.images:
+            try:
+                loaded = self.load(image)
+            except ImageError as err:
+                print(f"error: {image}: {err}", file=sys.stderr)
+                self.failed += 1
+                continue
+            yield image, loaded
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

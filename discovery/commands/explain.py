@@ -16,10 +16,9 @@ import numpy as np
 from PIL import Image
 
 from .. import viz
-from ..cli import add_backbone_args
+from ..cli import ImageLoop, add_backbone_args
 from ..examples import EXAMPLES, example_path
 from ..explain import DEFAULT_THRESHOLD, METHODS, CamResult, Explainer, plot_sanity, sanity_check
-from ..images import ImageError
 from ..localizer import DEFAULT_MAX_SIDE, Localizer
 from .locate import unique_path
 
@@ -91,14 +90,9 @@ def run(args: argparse.Namespace) -> int:
     for folder in (args.out_dir, args.plot.parent if args.plot else None):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    failed, written, plots = 0, set(), set()
-    for image in images:
-        try:
-            prepared = localizer.prepare(image)
-        except ImageError as err:
-            print(f"error: {image}: {err}", file=sys.stderr)
-            failed += 1
-            continue
+    written, plots = set(), set()
+    loop = ImageLoop(images, localizer.prepare)
+    for image, prepared in loop:
         if args.sanity_check:
             report = sanity_check(explainer, prepared, method=args.method, target=args.target, seed=args.seed)
             res = report.original
@@ -117,4 +111,4 @@ def run(args: argparse.Namespace) -> int:
                 plot_sanity(report, prepared.rgb, path)
                 record["plot"] = str(path)
         print(json.dumps(record), flush=True)
-    return 1 if failed else 0
+    return loop.exit_code

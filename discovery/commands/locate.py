@@ -11,8 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .. import viz
-from ..cli import add_backbone_args
-from ..images import ImageError
+from ..cli import ImageLoop, add_backbone_args
 from ..localizer import DEFAULT_MAX_SIDE, Embedding, Localization, Localizer
 
 
@@ -50,14 +49,9 @@ def run(args: argparse.Namespace) -> int:
         print("note: backbone 'random' is a pipeline check, not a model", file=sys.stderr)
     if args.overlay_dir:
         args.overlay_dir.mkdir(parents=True, exist_ok=True)
-    failed, written = 0, set()
-    for image in args.images:
-        try:
-            emb = localizer.embed(image)
-        except ImageError as err:
-            print(f"error: {image}: {err}", file=sys.stderr)
-            failed += 1
-            continue
+    written: set[Path] = set()
+    loop = ImageLoop(args.images, localizer.embed)
+    for image, emb in loop:
         loc = localizer.localize(emb)
         record = {"image": image, **loc.to_json()}
         if args.overlay_dir:
@@ -65,4 +59,4 @@ def run(args: argparse.Namespace) -> int:
             Image.fromarray(lost_panels(emb, loc)).save(out)
             record["overlay"] = str(out)
         print(json.dumps(record), flush=True)
-    return 1 if failed else 0
+    return loop.exit_code
