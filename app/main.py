@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from discovery.backbones import check_device
 from discovery.localizer import DEFAULT_MAX_SIDE
 from discovery.weights import backbone_names
 
@@ -56,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        import torch
-
-        torch.device(config.device)  # a typo in --device fails here, in one line
-    except (ValueError, RuntimeError) as err:
+        check_device(config.device)  # a typo in --device, or cuda without a GPU, fails here in one line
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from .ui import build_demo, launch_options

@@ -140,6 +140,17 @@ def load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> b
     return not any(k.startswith("fc.") for k in result.missing_keys)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has; ``ValueError`` (one line) otherwise."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
 def load_backbone(
     name: str = "imagenet",
     device: str | torch.device = "cpu",
@@ -164,6 +175,7 @@ def load_backbone(
     """
     if stride not in STRIDE_DILATION:
         raise ValueError(f"stride must be one of {sorted(STRIDE_DILATION)}, got {stride}")
+    device = check_device(device)
     weights_dir = Path(weights_dir) if weights_dir is not None else None
     mean, std = W.IMAGENET_MEAN, W.IMAGENET_STD
     checkpoint = name[4:] if name.startswith("pul:") else None

@@ -17,7 +17,8 @@ from .weights import WeightsError, backbone_names
 
 COMMANDS = ("locate", "demo", "weights", "explain", "pul")
 
-USER_ERRORS = (WeightsError, ImageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+# OSError covers missing, existing, unwritable and unreadable paths.
+USER_ERRORS = (WeightsError, ImageError, ValueError, OSError)
 
 
 def add_backbone_args(parser: argparse.ArgumentParser, default: str = "imagenet") -> None:

@@ -95,20 +95,11 @@ def class_name(index: int, num_classes: int = 1000) -> str:
     return imagenet_classes()[index] if num_classes == 1000 else f"class {index}"
 
 
-def valid_cells(image_size: tuple[int, int], padded_size: tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
-    """``(hv, wv)``: feature cells whose origin lies inside the unpadded image.
-
-    A cell spans ``padded / grid`` pixels per axis (as in LOST's box mapping); padding only adds
-    cells at the bottom/right, so the valid ones are the top-left ``hv × wv``.
-    """
-    return tuple(min(g, -(-s * g // p)) for s, p, g in zip(image_size, padded_size, grid))  # type: ignore[return-value]
-
-
 def upsample(raw: np.ndarray, image_size: tuple[int, int], cell: tuple[float, float]) -> np.ndarray:
-    """Bilinear ``(hv, wv)`` map → ``(H, W)``: resize to the cells' pixel extent, crop the overhang."""
-    hv, wv = raw.shape
-    height = max(image_size[0], round(hv * cell[0]))
-    width = max(image_size[1], round(wv * cell[1]))
+    """Bilinear ``(h, w)`` map → ``(H, W)``: resize to the cells' pixel extent, crop the padding."""
+    h, w = raw.shape
+    height = max(image_size[0], round(h * cell[0]))
+    width = max(image_size[1], round(w * cell[1]))
     up = cv2.resize(raw.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     return up[: image_size[0], : image_size[1]]
 
@@ -162,9 +153,9 @@ class CamResult:
 
     Attributes:
         cam: ``(H, W)`` float32 in [0, 1] at ``PreparedImage.size`` (the unpadded network input).
-        raw: ``(hv, wv)`` float32, the map on the layer4 grid before upsampling and scaling (after
-            the ReLU), restricted to the valid cells (see :func:`valid_cells`; at stride 16 that
-            is the whole grid, at stride 8 / 32 a padded-only last row/column may be cut).
+        raw: ``(h, w)`` float32, the map on the layer4 grid before upsampling and scaling (after
+            the ReLU). Images are padded to a multiple of the stride, so every cell starts inside
+            the image; the upsampled map is cropped to the image.
         target: the explained class index; ``None`` for embedding targets and EigenCAM.
         target_name: the ImageNet class name, or a description of the target.
         probability: softmax probability of ``target`` (classifier backbones, Grad-CAM), else ``None``.
@@ -289,11 +280,10 @@ class Explainer:
         image = emb.image
         grid = tuple(emb.features.shape[-2:])
         padded = tuple(image.tensor.shape[-2:])
-        hv, wv = valid_cells(image.size, padded, grid)
         cell = (padded[0] / grid[0], padded[1] / grid[1])
         # Autograd must work even when the caller runs us under inference_mode / no_grad.
         with torch.inference_mode(False), torch.enable_grad():
-            acts = emb.features[:, :hv, :wv].clone()
+            acts = emb.features.clone()
             if method == "gradcam":
                 raw, index, name, prob = self._gradcam(acts, index)
             else:
@@ -304,7 +294,7 @@ class Explainer:
         return CamResult(cam, raw.astype(np.float32), index, name, prob, box, emb, method, self.threshold)
 
     def _gradcam(self, acts: torch.Tensor, index: int | None) -> tuple[np.ndarray, int | None, str, float | None]:
-        """Grad-CAM on ``(C, hv, wv)`` activations: weights = spatial mean of d(target)/d(activation)."""
+        """Grad-CAM on ``(C, h, w)`` activations: weights = spatial mean of d(target)/d(activation)."""
         acts = acts.requires_grad_(True)
         pooled = acts.mean(dim=(1, 2))
         prob = None

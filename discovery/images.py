@@ -145,7 +145,7 @@ class PreparedImage:
 
     Attributes:
         tensor: ``(3, Hp, Wp)`` float32, ImageNet-normalised, zero-padded bottom/right (after
-            normalisation) to a multiple of ``max(16, stride)``.
+            normalisation) to a multiple of the stride (16 in LOST's setting).
         size: ``(H, W)`` of the unpadded image the network sees.
         original_size: ``(H0, W0)`` of the user's image; ``size`` differs only when it was shrunk.
         rgb: ``(H, W, 3)`` uint8, the pixels the network sees (for overlays).

@@ -98,6 +98,8 @@ class Localizer:
     ):
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if max_side is not None and max_side < 1:
+            raise ValueError(f"max_side must be at least 1 (or None for native resolution), got {max_side}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(backbone, str):
@@ -128,12 +130,13 @@ class Localizer:
 
     @torch.inference_mode()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, Hp, Wp)`` normalised padded batch → ``(B, 2048, h, w)`` float32 features."""
+        """``(B, 3, Hp, Wp)`` normalised padded batch → ``(B, 2048, h, w)`` float32 features
+        (in the trunk's memory format: channels-last by default, the ``(N, d)`` layout LOST reads)."""
         x = batch.to(self.backbone.device).contiguous(memory_format=self.memory_format)
         dtype = PRECISIONS[self.precision]
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             out = self.trunk(x)
-        return out.float().contiguous()
+        return out.float()
 
     def embed(self, image: ImageInput | PreparedImage) -> Embedding:
         """The expensive step: run the backbone once."""

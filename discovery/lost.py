@@ -61,10 +61,14 @@ def mask_to_box(mask: np.ndarray, scale: tuple[float, float], image_size: tuple[
 
 
 def padded_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
-    """Size after zero-padding bottom/right to a multiple of ``max(16, stride)``."""
-    multiple = max(16, stride)
+    """Size after zero-padding bottom/right to a multiple of ``stride`` (16 for LOST's setting).
+
+    A multiple of the stride makes the feature map exactly padded size / stride, and every
+    feature cell starts inside the image (padding to 16 at stride 8 would leave whole cells of
+    padding, where a seed would give a box outside the image).
+    """
     height, width = image_size
-    return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+    return (-(-height // stride) * stride, -(-width // stride) * stride)
 
 
 @torch.no_grad()
@@ -87,12 +91,15 @@ def localize_batch(
     batch, channels, h, w = features.shape
     if len(image_sizes) != batch:
         raise ValueError(f"{batch} feature maps but {len(image_sizes)} image sizes")
+    for height, width in image_sizes:
+        if (h - 1) * stride >= height or (w - 1) * stride >= width:
+            raise ValueError(f"a {h}x{w} feature map at stride {stride} has cells outside a {height}x{width} image")
     n = h * w
     # LOST standardises globally, (F - mean) / sqrt(var + eps), then takes A = F Fᵀ. Every later
     # step reads only signs of A or of sums of its rows, which the positive factor 1/(var + eps)
     # leaves unchanged: centring alone gives the same degrees, seed, mask and box, one pass cheaper.
     feats = features.float().flatten(2).transpose(1, 2)  # (B, N, d)
-    feats = (feats - feats.mean(dim=(1, 2), keepdim=True)).contiguous()
+    feats = (feats - feats.mean(dim=(1, 2), keepdim=True)).contiguous()  # no copy for channels-last input
     affinity = torch.bmm(feats, feats.transpose(1, 2))  # (B, N, N), LOST's A times (var + eps)
     positive = affinity > 0
     diagonal = torch.diagonal(positive, dim1=1, dim2=2)

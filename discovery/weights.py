@@ -224,8 +224,7 @@ def load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                 tensors = {key: fh.get_tensor(key) for key in fh.keys()}
         except (SafetensorError, OSError, ValueError) as err:
             raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
-        meta = json.loads(header.get("discovery", "{}"))
-        return tensors, meta
+        return tensors, _json_metadata(header.get("discovery", "{}"), path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -239,8 +238,18 @@ def load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({first})") from None
     sidecar = path.with_name(path.name + ".json")
-    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    meta = _json_metadata(sidecar.read_text(), sidecar) if sidecar.is_file() else {}
     return extract_state_dict(obj, path), meta
+
+
+def _json_metadata(text: str, source: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except ValueError as err:
+        raise WeightsError(f"{source}: metadata is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{source}: metadata must be a JSON object")
+    return meta
 
 
 def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

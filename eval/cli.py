@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--n", type=int, default=24, help="images per dataset (default 24)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already holds VOCdevkit/ or coco/")
     p.set_defaults(run=_synth)
 
     p = sub.add_parser("fetch-coco20k", help="download LOST's COCO20k image list and check its sha256")
@@ -108,7 +109,7 @@ def _notes(summary: dict) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    made = make_synthetic(args.out, args.n, args.seed)
+    made = make_synthetic(args.out, args.n, args.seed, args.overwrite)
     print(f"wrote {made.images} images each for VOC2007, VOC2012 and COCO under {made.out}")
     print(f"  python -m eval run --dataset voc07 --root {made.out} --backbone random --out runs/synth-voc07")
     print(f"  python -m eval run --dataset coco20k --root {made.coco_root} --backbone random --out runs/synth-coco20k")

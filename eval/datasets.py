@@ -17,7 +17,6 @@ Boxes are float64 ``(n, 4)`` arrays ``x1, y1, x2, y2`` in pixels, right/bottom e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from discovery.weights import sha256_file
 
 #: sha256 of LOST's ``datasets/coco_20k_filenames.txt``.
 COCO20K_LIST_SHA256 = "74637e9b4f93f2ebef9b1f664aff53edd1f41ef08dad97bd22ce8e455052b335"
@@ -102,6 +103,15 @@ class Dataset:
         return len(self.items)
 
 
+def _check_root(name: str, root: str | Path) -> Path:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} is not a directory" if root.exists() else f"dataset root {root} does not exist")
+    return root
+
+
 def open_dataset(
     name: str,
     root: str | Path,
@@ -125,11 +135,7 @@ def open_dataset(
     Raises:
         DatasetError: unknown name, wrong root (with the expected tree), missing or malformed files.
     """
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"dataset root {root} is not a directory" if root.exists() else f"dataset root {root} does not exist")
+    root = _check_root(name, root)
     if name == "coco20k":
         if no_hard:
             raise DatasetError("--no-hard is defined for VOC only (COCO20k drops iscrowd boxes and keeps the rest)")
@@ -145,11 +151,7 @@ def image_paths(name: str, root: str | Path, image_list: str | Path | None = Non
     For consumers that must not see labels (the PUL trainer). Same root layouts and errors as
     :func:`open_dataset`; files are not checked for existence.
     """
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"dataset root {root} is not a directory" if root.exists() else f"dataset root {root} does not exist")
+    root = _check_root(name, root)
     if name == "coco20k":
         folder, images_dir, _ = find_coco_folder(root)
         return [images_dir / base for base, _ in read_image_list(_coco20k_list(root, folder, image_list))]
@@ -307,14 +309,6 @@ def find_coco_folder(root: Path) -> tuple[Path, Path, Path]:
     raise DatasetError("\n".join(lines))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_image_list(path: Path) -> list[tuple[str, int]]:
     """LOST's list: one file name per line (optionally with a folder). Returns ``(basename, id)``."""
     try:
@@ -403,5 +397,5 @@ def _open_coco20k(root: Path, image_list: str | Path | None, skip_bad: bool) -> 
         items.append(Item(str(image_id), path, np.asarray(boxes, dtype=np.float64).reshape(-1, 4)))
     return Dataset(
         "coco20k", DATASETS["coco20k"][1], folder, items, False, 0, tuple(skipped),
-        image_list.resolve(), sha256_of(image_list),
+        image_list.resolve(), sha256_file(image_list),
     )

@@ -185,13 +185,22 @@ def write_coco(folder: Path, images: list[SynthImage], seed: int) -> Path:
     return image_list
 
 
-def make_synthetic(out: str | Path, n: int = 24, seed: int = 0) -> SynthSummary:
-    """Write ``n`` images per dataset (VOC2007, VOC2012, COCO) under ``out``; deterministic in ``seed``."""
+def make_synthetic(out: str | Path, n: int = 24, seed: int = 0, overwrite: bool = False) -> SynthSummary:
+    """Write ``n`` images per dataset (VOC2007, VOC2012, COCO) under ``out``; deterministic in ``seed``.
+
+    Refuses (``FileExistsError``) a folder that already holds ``VOCdevkit/`` or ``coco/`` unless
+    ``overwrite``: pointed at a real dataset root it would replace split files and annotations.
+    """
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    taken = [name for name in ("VOCdevkit", "coco") if (out / name).exists()]
+    if taken and not overwrite:
+        raise FileExistsError(
+            f"--out {out} already holds {' and '.join(taken)}/ (a real dataset?); choose another folder or pass --overwrite"
+        )
     devkit = out / "VOCdevkit"
     voc07 = synthetic_images(n, seed)
     write_voc(devkit / "VOC2007", [f"{i + 1:06d}" for i in range(n)], voc07)

@@ -92,3 +92,16 @@ def test_weights_commands(tmp_path):
     assert verify.returncode == 1 and "imagenet-v2  BAD" in verify.stdout
     fetch = cli("weights", "--weights-dir", str(tmp_path), "fetch", "imagenet")
     assert fetch.returncode == 2 and fetch.stderr.startswith("error: downloads are off")
+
+
+def test_bad_device_and_max_side_are_one_line(tmp_path, textured_image):
+    img = tmp_path / "a.png"
+    Image.fromarray(textured_image).save(img)
+    for args, expected in (
+        (["--device", "foo"], "is not a torch device"),
+        (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
+        (["--max-side", "-5"], "max_side must be at least 1"),
+    ):
+        out = cli("locate", str(img), "--backbone", "random", *args)
+        assert out.returncode == 2, out.stderr
+        assert expected in out.stderr and "Traceback" not in out.stderr

@@ -133,3 +133,14 @@ def test_synth_writes_both_layouts_with_known_boxes(tmp_path, capsys):
         plain = [a for a in anns if a["image_id"] == int(item.image_id) and not a["iscrowd"]]
         assert len(item.boxes) == len(plain)
     assert main(["synth", "--out", str(tmp_path / "t"), "--n", "0"]) == 2
+
+
+def test_synth_refuses_a_folder_holding_a_dataset(tmp_path, capsys):
+    real = tmp_path / "data" / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    real.mkdir(parents=True)
+    (real / "trainval.txt").write_text("REAL\n")
+    assert main(["synth", "--out", str(tmp_path / "data"), "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds VOCdevkit/" in err and err.count("\n") == 1
+    assert (real / "trainval.txt").read_text() == "REAL\n"
+    assert main(["synth", "--out", str(tmp_path / "data"), "--n", "2", "--overwrite"]) == 0

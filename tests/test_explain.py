@@ -136,17 +136,18 @@ def test_headless_embedding_target_matches_library(dino_backbone):
         explainer(prepared, target=3)
 
 
-def test_padding_is_ignored(random_backbone):
-    """Stride 8 and an unaligned image: padded-only feature cells are cut before pooling."""
+def test_padded_image_at_stride_8(random_backbone):
+    """Stride 8 and an unaligned image: padding to a multiple of 8 leaves no padded-only cell,
+    and the upsampled map is cropped to the image."""
     backbone = load_backbone("random", stride=8)
     explainer = Explainer(Localizer(backbone, max_side=None))
     prepared = explainer.localizer.prepare(_image(72, 100, seed=2))
-    assert tuple(prepared.tensor.shape[1:]) == (80, 112)
+    assert tuple(prepared.tensor.shape[1:]) == (72, 104)
     res = explainer(prepared, target=11)
-    assert res.embedding.features.shape[1:] == (10, 14)
+    assert res.embedding.features.shape[1:] == (9, 13)
     assert res.raw.shape == (9, 13) and res.cam.shape == (72, 100)
-    # At layer4 Grad-CAM is CAM: d logit / d A = fc.weight[c] / cells, over the valid cells only.
-    acts = res.embedding.features[:, :9, :13]
+    # At layer4 Grad-CAM is CAM: d logit / d A = fc.weight[c] / cells.
+    acts = res.embedding.features
     expected = torch.relu(torch.einsum("c,chw->hw", backbone.fc.weight[11], acts) / (9 * 13))
     np.testing.assert_allclose(res.raw, expected.numpy(), rtol=1e-4, atol=1e-7)
     logits = backbone.fc(acts.mean(dim=(1, 2)))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from discovery.backbones import load_backbone
 from discovery.images import ImageError, decode
 from discovery.localizer import Localizer
 
@@ -182,3 +183,17 @@ def test_folded_batchnorm_matches_the_plain_trunk(random_backbone, textured_imag
     a, b = fused.embed(textured_image), plain.embed(textured_image)
     assert (a.features - b.features).abs().max() <= 1e-5 * b.features.abs().max()  # float rounding only
     assert fused.localize(a).box == plain.localize(b).box
+
+
+@pytest.mark.parametrize("stride", [8, 32])
+def test_other_strides_give_boxes_inside_the_image(stride):
+    loc = Localizer(load_backbone("random", stride=stride))
+    for size in ((17, 32), (40, 70), (33, 65)):
+        res = loc(np.random.default_rng(0).integers(0, 255, size=(*size, 3), dtype=np.uint8))
+        x1, y1, x2, y2 = res.box
+        assert 0 <= x1 < x2 <= size[1] and 0 <= y1 < y2 <= size[0]
+
+
+def test_bad_max_side_is_refused(random_backbone):
+    with pytest.raises(ValueError, match="max_side"):
+        Localizer(random_backbone, max_side=-5)

@@ -128,6 +128,14 @@ def test_matches_reference_where_the_reference_has_no_ties():
     assert compared >= 10
 
 
-@pytest.mark.parametrize(("size", "stride", "expected"), [((375, 500), 16, (384, 512)), ((1, 1), 16, (16, 16)), ((64, 65), 32, (64, 96))])
+@pytest.mark.parametrize(
+    ("size", "stride", "expected"),
+    [((375, 500), 16, (384, 512)), ((1, 1), 16, (16, 16)), ((64, 65), 32, (64, 96)), ((17, 32), 8, (24, 32))],
+)
 def test_padded_size(size, stride, expected):
     assert padded_size(size, stride) == expected
+
+
+def test_feature_cells_outside_the_image_are_refused():
+    with pytest.raises(ValueError, match="cells outside"):
+        localize(torch.rand(8, 4, 4), image_size=(17, 32), stride=8)  # row 3 would start at y = 24 > 17

@@ -167,3 +167,12 @@ def test_random_backbone_is_seeded_and_strided(stride):
 def test_bad_stride_is_refused():
     with pytest.raises(ValueError, match="stride"):
         load_backbone("random", stride=4)
+
+
+def test_malformed_metadata_names_the_file(tmp_path):
+    path = tmp_path / "custom.pt"
+    torch.save(_state(7), path)
+    sidecar = tmp_path / "custom.pt.json"
+    sidecar.write_text("{broken")
+    with pytest.raises(W.WeightsError, match=f"{sidecar}: metadata is not valid JSON"):
+        load_backbone(str(path))
