@@ -296,12 +296,11 @@ class Explainer:
     def _gradcam(self, acts: torch.Tensor, index: int | None) -> tuple[np.ndarray, int | None, str, float | None]:
         """Grad-CAM on ``(C, h, w)`` activations: weights = spatial mean of d(target)/d(activation)."""
         acts = acts.requires_grad_(True)
-        pooled = acts.mean(dim=(1, 2))
         prob = None
         if self.backbone.fc is None:
-            score, name = pooled.norm(), EMBEDDING_TARGET
+            score, name = acts.mean(dim=(1, 2)).norm(), EMBEDDING_TARGET
         else:
-            logits = self.backbone.fc(pooled[None])[0].float()
+            logits = self.backbone.classify(acts[None])[0].float()
             if index is None:
                 index = int(logits.argmax())
             score, name = logits[index], class_name(index, logits.numel())
