@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from discovery.localizer import DEFAULT_MAX_SIDE
-from discovery.weights import CHECKPOINT_SUFFIXES, REGISTRY, backbone_names
+from discovery.backbones import STRIDES
+from discovery.weights import WeightsError, parse_backbone_name
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class AppConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "stride": self.stride in (8, 16, 32),
+            "stride": self.stride in STRIDES,
             "max_upload_mb": self.max_upload_mb > 0,
             "cache_size": self.cache_size >= 1,
             "concurrency": self.concurrency >= 1,
@@ -54,6 +55,7 @@ class AppConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid {bad[0]}: {getattr(self, bad[0])!r}")
-        b = self.backbone
-        if not (b in REGISTRY or b.startswith("pul:") or b.endswith(CHECKPOINT_SUFFIXES)):
-            raise ValueError(f"unknown backbone {b!r}; valid: {', '.join(backbone_names())}")
+        try:
+            parse_backbone_name(self.backbone)
+        except WeightsError as err:
+            raise ValueError(str(err)) from None

@@ -8,7 +8,6 @@ library's one-line errors (:class:`~discovery.weights.WeightsError`,
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections import OrderedDict
@@ -21,14 +20,13 @@ import torch
 
 from discovery import viz
 from discovery import weights as W
-from discovery.backbones import Backbone, load_backbone
+from discovery.backbones import STRIDES, Backbone, load_backbone
 from discovery.explain import Explainer
 from discovery.images import ImageInput, PreparedImage
 from discovery.localizer import DEFAULT_MAX_SIDE, Localizer
 
 from .choices import CHECKPOINT, RANDOM_NOTE
 
-STRIDES = (8, 16, 32)
 CAM_METHODS = ("gradcam", "eigencam")
 MAX_GRID = 64
 """Longest side of the feature grid: bounds LOST's N×N affinity (N ≤ 4096, 64 MiB float32)."""
@@ -45,9 +43,9 @@ def backbone_name(choice: str, checkpoint: str = "") -> str:
         path = (checkpoint or "").strip()
         if not path:
             raise ValueError("backbone 'checkpoint' needs a path: type pul:PATH or a .safetensors/.pt/.pth file")
-        if path.startswith("pul:") or path.endswith(W.CHECKPOINT_SUFFIXES):
+        if path.startswith(W.CHECKPOINT_PREFIX) or path.endswith(W.CHECKPOINT_SUFFIXES):
             return path
-        return f"pul:{path}"
+        return f"{W.CHECKPOINT_PREFIX}{path}"
     if choice not in W.REGISTRY:
         raise ValueError(f"unknown backbone {choice!r}; choose one of {', '.join(W.REGISTRY)} or {CHECKPOINT!r}")
     return choice
@@ -198,10 +196,7 @@ class Engine:
         lap("prepare")
         cam = explainer(prepared, method=method, target=target)
         lap("forward_and_cam")
-        # A shallow copy shares the cached backbone; only k differs (the cached one is never mutated).
-        lost = copy.copy(explainer.localizer)
-        lost.k = k
-        loc = lost.localize(cam.embedding)
+        loc = explainer.localizer.localize(cam.embedding, k=k)
         lap("lost")
         panels = _render(prepared, loc, cam)
         lap("render")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from discovery.backbones import check_device
+from discovery.backbones import STRIDES, check_device
 from discovery.localizer import DEFAULT_MAX_SIDE
 from discovery.weights import backbone_names
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"backbone selected at start: {', '.join(backbone_names())} (default imagenet; "
         "falls back to random, with a note, when its weights are missing)",
     )
-    p.add_argument("--stride", type=int, default=16, choices=(8, 16, 32), help="initial stride (default 16)")
+    p.add_argument("--stride", type=int, default=16, choices=STRIDES, help="initial stride (default 16)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--weights-dir", type=Path, default=None, help="folder of weights files (default: weights/)")
     p.add_argument(

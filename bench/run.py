@@ -104,7 +104,7 @@ def lost_ms(localizer: Localizer, paths: list[Path], repeats: int = 3) -> float:
     embeddings = [localizer.embed(p) for p in paths]
     times = []
     for emb in embeddings:
-        best = min(_timed(lambda: localize(emb.features, emb.image.size, localizer.stride, localizer.k)) for _ in range(repeats))
+        best = min(_timed(lambda: localize(emb.features, emb.image.size, localizer.stride)) for _ in range(repeats))
         times.append(best)
     return 1000 * statistics.median(times)
 

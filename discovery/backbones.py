@@ -18,6 +18,8 @@ from torchvision.models import resnet50
 from . import weights as W
 
 STRIDE_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
+#: The output strides every command accepts (the one place they are spelled out).
+STRIDES = tuple(sorted(STRIDE_DILATION))
 
 
 @dataclass(frozen=True)
@@ -178,11 +180,9 @@ def load_backbone(
     device = check_device(device)
     weights_dir = Path(weights_dir) if weights_dir is not None else None
     mean, std = W.IMAGENET_MEAN, W.IMAGENET_STD
-    checkpoint = name[4:] if name.startswith("pul:") else None
-    if checkpoint is None and name not in W.REGISTRY and name.endswith(W.CHECKPOINT_SUFFIXES):
-        checkpoint = name
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
+    parsed = W.parse_backbone_name(name)
+    if parsed.kind == "checkpoint":
+        path = Path(parsed.value).expanduser()
         state, meta = W.load_file(path)
         net = _resnet(stride)
         has_fc = load_state(net, state, str(path))

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from .backbones import STRIDES
 from .images import ImageError
 from .weights import WeightsError, backbone_names
 
@@ -24,7 +25,7 @@ USER_ERRORS = (WeightsError, ImageError, ValueError, OSError)
 def add_backbone_args(parser: argparse.ArgumentParser, default: str = "imagenet") -> None:
     """The options every model-running command shares."""
     parser.add_argument("--backbone", default=default, help=f"one of: {', '.join(backbone_names())} (default {default})")
-    parser.add_argument("--stride", type=int, default=16, choices=(8, 16, 32), help="layer4 output stride (default 16)")
+    parser.add_argument("--stride", type=int, default=16, choices=STRIDES, help="layer4 output stride (default 16)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--weights-dir", default=None, help="folder of weights files (default: the project's weights/)")
 

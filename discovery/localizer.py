@@ -14,7 +14,7 @@ import torch
 
 from .backbones import Backbone, fold_batchnorm, load_backbone
 from .images import ImageInput, PreparedImage, prepare
-from .lost import LostResult, localize_batch
+from .lost import DEFAULT_K, LostResult, localize_batch
 
 DEFAULT_MAX_SIDE = 1024
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,7 +70,6 @@ class Localizer:
         backbone: a name for :func:`discovery.backbones.load_backbone`, or a loaded :class:`Backbone`.
         device: where the backbone runs (``"cpu"``, ``"cuda"``...).
         stride: layer4 output stride, 32 / 16 / 8 (ignored when ``backbone`` is already loaded).
-        k: LOST's number of expansion candidates.
         max_side: images whose longer side exceeds this are shrunk before the forward pass (memory
             grows with the square of the patch count); boxes are mapped back to original pixels.
             ``None`` keeps native resolution (the evaluation protocol).
@@ -88,7 +87,6 @@ class Localizer:
         backbone: str | Backbone = "imagenet",
         device: str | torch.device = "cpu",
         stride: int = 16,
-        k: int = 100,
         max_side: int | None = DEFAULT_MAX_SIDE,
         weights_dir: str | Path | None = None,
         download: bool = True,
@@ -96,8 +94,6 @@ class Localizer:
         precision: str = "fp32",
         fuse_batchnorm: bool = True,
     ):
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
         if max_side is not None and max_side < 1:
             raise ValueError(f"max_side must be at least 1 (or None for native resolution), got {max_side}")
         if precision not in PRECISIONS:
@@ -105,7 +101,6 @@ class Localizer:
         if isinstance(backbone, str):
             backbone = load_backbone(backbone, device=device, stride=stride, weights_dir=weights_dir, download=download)
         self.backbone = backbone
-        self.k = k
         self.max_side = max_side
         self.precision = precision
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -116,7 +111,7 @@ class Localizer:
     def with_backbone(self, backbone: Backbone) -> Localizer:
         """A Localizer with the same settings around another (e.g. modified) backbone."""
         return Localizer(
-            backbone, k=self.k, max_side=self.max_side, precision=self.precision,
+            backbone, max_side=self.max_side, precision=self.precision,
             channels_last=self.memory_format == torch.channels_last, fuse_batchnorm=self.fuse_batchnorm,
         )
 
@@ -151,19 +146,26 @@ class Localizer:
         feats = self.features(torch.stack([p.tensor for p in images]))
         return [Embedding(p, f) for p, f in zip(images, feats)]
 
-    def localize(self, embedding: Embedding | Sequence[Embedding]) -> Localization | list[Localization]:
-        """The cheap step: LOST on computed features (one embedding, or a same-shaped list)."""
+    def localize(
+        self, embedding: Embedding | Sequence[Embedding], k: int = DEFAULT_K
+    ) -> Localization | list[Localization]:
+        """The cheap step: LOST on computed features (one embedding, or a same-shaped list).
+
+        ``k``: LOST's number of expansion candidates (a per-query option: the same embedding can be
+        localized with several values)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
         single = isinstance(embedding, Embedding)
         items = [embedding] if single else list(embedding)
         feats = torch.stack([e.features for e in items])
-        raw = localize_batch(feats, [e.image.size for e in items], stride=self.stride, k=self.k)
-        out = [self._to_original(e.image, r) for e, r in zip(items, raw)]
+        raw = localize_batch(feats, [e.image.size for e in items], stride=self.stride, k=k)
+        out = [self._to_original(e.image, r, k) for e, r in zip(items, raw)]
         return out[0] if single else out
 
-    def __call__(self, image: ImageInput) -> Localization:
-        return self.localize(self.embed(image))
+    def __call__(self, image: ImageInput, k: int = DEFAULT_K) -> Localization:
+        return self.localize(self.embed(image), k=k)
 
-    def _to_original(self, image: PreparedImage, res: LostResult) -> Localization:
+    def _to_original(self, image: PreparedImage, res: LostResult, k: int) -> Localization:
         sy, sx = image.scale
         height, width = image.original_size
         x1, y1, x2, y2 = res.box
@@ -176,5 +178,5 @@ class Localizer:
         )
         info = self.backbone.info
         return Localization(
-            box, res.seed, seed_xy, res.degree, res.mask, image.original_size, info.name, info.sha256, self.stride, self.k
+            box, res.seed, seed_xy, res.degree, res.mask, image.original_size, info.name, info.sha256, self.stride, k
         )

@@ -15,6 +15,10 @@ import numpy as np
 import torch
 
 
+#: LOST's number of expansion candidates (the reference's default).
+DEFAULT_K = 100
+
+
 @dataclass(frozen=True, eq=False)
 class LostResult:
     """One image's LOST output.
@@ -76,7 +80,7 @@ def localize_batch(
     features: torch.Tensor,
     image_sizes: Sequence[tuple[int, int]],
     stride: int = 16,
-    k: int = 100,
+    k: int = DEFAULT_K,
 ) -> list[LostResult]:
     """LOST on a batch of same-shaped feature maps.
 
@@ -126,7 +130,7 @@ def localize_batch(
     return results
 
 
-def localize(features: torch.Tensor, image_size: tuple[int, int], stride: int = 16, k: int = 100) -> LostResult:
+def localize(features: torch.Tensor, image_size: tuple[int, int], stride: int = 16, k: int = DEFAULT_K) -> LostResult:
     """LOST on one feature map ``(C, h, w)``; see :func:`localize_batch` for the arguments."""
     if features.dim() != 3:
         raise ValueError(f"features must be (C, h, w), got shape {tuple(features.shape)}")

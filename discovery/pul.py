@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import functools
 import json
-import os
 import random
 import sys
 import time
@@ -47,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from .backbones import Backbone, load_backbone
 from .distributed import DistContext, from_env, join, teardown
+from .files import atomic_write
 from .pul_data import (
     BatchList,
     ImageList,
@@ -294,26 +294,17 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state.pt")
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write ``tensors`` as safetensors with ``metadata`` as JSON under the header key ``discovery``
     (atomically: a temporary file, then ``os.replace``)."""
     from safetensors.torch import save_file
 
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"discovery": json.dumps(metadata, sort_keys=True)}))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"discovery": json.dumps(metadata, sort_keys=True)}))
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` a dict of tensors / numbers / strings / lists, atomically."""
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: Path, expected: dict[str, Any]) -> dict[str, Any]:

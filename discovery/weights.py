@@ -94,9 +94,33 @@ REGISTRY: dict[str, WeightsSpec] = {
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
+CHECKPOINT_PREFIX = "pul:"
+
+
 def backbone_names() -> list[str]:
     """The names :func:`discovery.backbones.load_backbone` accepts, checkpoint forms last."""
-    return [*REGISTRY, "pul:PATH", "PATH.safetensors|.pt|.pth"]
+    return [*REGISTRY, f"{CHECKPOINT_PREFIX}PATH", "PATH.safetensors|.pt|.pth"]
+
+
+@dataclass(frozen=True)
+class BackboneName:
+    """A parsed backbone name: ``kind`` is ``registry`` (``value``: the registry name) or
+    ``checkpoint`` (``value``: the file path as typed, without ``pul:``)."""
+
+    kind: str
+    value: str
+
+
+def parse_backbone_name(name: str) -> BackboneName:
+    """The one parser of backbone names: a registry name, ``pul:PATH``, or a path ending in
+    ``.safetensors`` / ``.pt`` / ``.pth``. Raises :class:`WeightsError` (one line) otherwise."""
+    if name in REGISTRY:
+        return BackboneName("registry", name)
+    if name.startswith(CHECKPOINT_PREFIX) and len(name) > len(CHECKPOINT_PREFIX):
+        return BackboneName("checkpoint", name[len(CHECKPOINT_PREFIX):])
+    if name.endswith(CHECKPOINT_SUFFIXES):
+        return BackboneName("checkpoint", name)
+    raise WeightsError(f"unknown backbone {name!r}; valid: {', '.join(backbone_names())}")
 
 
 def get_spec(name: str) -> WeightsSpec:

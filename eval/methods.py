@@ -24,18 +24,19 @@ class Proposal:
     seed: tuple[float, float] | None = None
 
 
-Method = Callable[[Localizer, Sequence[Embedding]], list[Proposal]]
+#: ``method(localizer, embeddings, k)`` → one proposal per embedding; ``k`` is LOST's candidate count.
+Method = Callable[[Localizer, Sequence[Embedding], int], list[Proposal]]
 
 
-def lost(localizer: Localizer, embeddings: Sequence[Embedding]) -> list[Proposal]:
+def lost(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> list[Proposal]:
     """LOST (DESIGN.md §3): the localizer's box and the centre of its seed cell."""
-    return [Proposal(loc.box, loc.seed_xy) for loc in localizer.localize(list(embeddings))]
+    return [Proposal(loc.box, loc.seed_xy) for loc in localizer.localize(list(embeddings), k=k)]
 
 
-def gradcam(localizer: Localizer, embeddings: Sequence[Embedding]) -> list[Proposal]:
+def gradcam(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> list[Proposal]:
     """Grad-CAM box (DESIGN.md §5): the top-1 class's map (the pooled-feature norm for headless
     backbones), thresholded at :data:`discovery.explain.DEFAULT_THRESHOLD` of its maximum, largest
-    connected component. A classic baseline, scored with the same protocol as LOST."""
+    connected component. A classic baseline, scored with the same protocol as LOST (``k`` unused)."""
     return [Proposal(cam.box) for cam in Explainer(localizer).explain_embeddings(embeddings)]
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from discovery.files import write_text_atomic
+
 
 class PredictionsError(Exception):
     """An unreadable predictions file; the text is one line naming it."""
@@ -82,26 +84,6 @@ def append_records(fh: IO[str], records: Sequence[dict]) -> None:
 def write_records(path: Path, records: Iterable[dict]) -> None:
     """Replace ``path`` atomically (temp file, fsync, rename) with ``records`` as JSONL."""
     write_text_atomic(path, "".join(dumps(r) + "\n" for r in records))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 # --- reading anyone's predictions for `eval score` ----------------------------------------------

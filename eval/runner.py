@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import discovery
 from discovery.distributed import DistContext, setup, teardown
+from discovery.files import write_text_atomic
 from discovery.localizer import Localizer
 
 from . import predictions as P
@@ -108,7 +109,7 @@ def run_config(opts: RunOptions, dataset: Dataset, localizer: Localizer) -> dict
         "backbone": info.name,
         "weights_sha256": info.sha256,
         "stride": localizer.stride,
-        "k": localizer.k,
+        "k": opts.k,
         "precision": localizer.precision,
     }
 
@@ -131,7 +132,7 @@ def check_config(out: Path, config: dict) -> None:
     if any(name.startswith("predictions") for name in existing):
         raise RunError(f"{out} holds predictions but no {CONFIG}; choose another --out or delete that folder")
     out.mkdir(parents=True, exist_ok=True)
-    P.write_text_atomic(path, P.dumps(config) + "\n")
+    write_text_atomic(path, P.dumps(config) + "\n")
 
 
 def collect_leftovers(out: Path) -> dict[str, dict]:
@@ -212,7 +213,7 @@ def _start(opts: RunOptions, ctx: DistContext) -> tuple[dict, Localizer | None]:
     """Rank 0's start: dataset, backbone, config, leftovers. Returns the payload for every rank."""
     dataset = open_dataset(opts.dataset, opts.root, opts.no_hard, opts.image_list, opts.skip_bad)
     localizer = Localizer(
-        opts.backbone, device=ctx.device, stride=opts.stride, k=opts.k, max_side=None, weights_dir=opts.weights_dir,
+        opts.backbone, device=ctx.device, stride=opts.stride, max_side=None, weights_dir=opts.weights_dir,
         precision=opts.precision,
     )
     config = run_config(opts, dataset, localizer)
@@ -248,7 +249,7 @@ def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
     config, todo = shared["config"], shared["todo"]
     if localizer is None:  # other ranks load the weights rank 0 verified (no concurrent downloads)
         localizer = Localizer(
-            opts.backbone, device=ctx.device, stride=opts.stride, k=opts.k, max_side=None,
+            opts.backbone, device=ctx.device, stride=opts.stride, max_side=None,
             weights_dir=opts.weights_dir, download=False, precision=opts.precision,
         )
         if localizer.backbone.info.sha256 != config["weights_sha256"]:
@@ -280,7 +281,7 @@ def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
                     raise RunError(f"{bad.error} (use --skip-bad to leave such images out)")
                 skipped.append((bad.item.image_id, bad.error))
             if good:
-                proposals = method(localizer, localizer.embed_batch([d.image for d in good]))
+                proposals = method(localizer, localizer.embed_batch([d.image for d in good]), opts.k)
                 records = [make_record(d.item, p) for d, p in zip(good, proposals)]
                 P.append_records(fh, records)
                 mine.extend(records)
@@ -353,6 +354,6 @@ def _finish(
     }
     if skipped:
         summary["skipped_examples"] = [reason for _, reason in skipped[:5]]
-    P.write_text_atomic(out / RESULTS, P.dumps(summary) + "\n")
+    write_text_atomic(out / RESULTS, P.dumps(summary) + "\n")
     return summary
 

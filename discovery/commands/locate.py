@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
     localizer = Localizer(
-        args.backbone, device=args.device, stride=args.stride, k=args.k,
+        args.backbone, device=args.device, stride=args.stride,
         max_side=args.max_side or None, weights_dir=args.weights_dir,
     )
     if localizer.backbone.info.is_random:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     written: set[Path] = set()
     loop = ImageLoop(args.images, localizer.embed)
     for image, emb in loop:
-        loc = localizer.localize(emb)
+        loc = localizer.localize(emb, k=args.k)
         record = {"image": image, **loc.to_json()}
         if args.overlay_dir:
             out = unique_path(args.overlay_dir, Path(image).stem, "_lost.png", written)
