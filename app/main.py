@@ -13,9 +13,9 @@ from discovery.weights import backbone_names
 from .config import AppConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m app",
+        prog=prog,
         description="Gradio app: LOST object discovery and Grad-CAM on ResNet50, side by side.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -53,8 +53,9 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m app") -> int:
+    """``python -m app`` in a checkout; ``discovery app`` when installed (``prog`` names which)."""
+    args = build_parser(prog).parse_args(argv)
     try:
         config = config_from_args(args)
         check_device(config.device)  # a typo in --device, or cuda without a GPU, fails here in one line

@@ -13,10 +13,12 @@ import importlib
 import sys
 
 from .backbones import STRIDES
+from .commands import harness
+from .commands.harness import HARNESS
 from .images import ImageError
 from .weights import WeightsError, backbone_names
 
-COMMANDS = ("locate", "demo", "weights", "explain", "pul")
+COMMANDS = ("locate", "demo", "weights", "explain", "pul", "harness")
 
 # OSError covers missing, existing, unwritable and unreadable paths.
 USER_ERRORS = (WeightsError, ImageError, ValueError, OSError)
@@ -27,7 +29,7 @@ def add_backbone_args(parser: argparse.ArgumentParser, default: str = "imagenet"
     parser.add_argument("--backbone", default=default, help=f"one of: {', '.join(backbone_names())} (default {default})")
     parser.add_argument("--stride", type=int, default=16, choices=STRIDES, help="layer4 output stride (default 16)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--weights-dir", default=None, help="folder of weights files (default: the project's weights/)")
+    parser.add_argument("--weights-dir", default=None, help="folder of weights files (default: $DISCOVERY_WEIGHTS_DIR, a checkout's weights/, else the torch hub cache)")
 
 
 class ImageLoop:
@@ -56,7 +58,10 @@ class ImageLoop:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="discovery",
+        description="Object discovery (LOST), saliency (Grad-CAM / EigenCAM), CorLoc evaluation and PUL refinement.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f".commands.{name}", __package__).register(sub)
@@ -64,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HARNESS:  # `discovery eval ...` / `discovery app ...`: their own parsers
+        return harness.run(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .images import ImageError, decode
+from .splits import DatasetError, image_paths
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -103,16 +104,12 @@ def list_folder(folder: str | Path) -> ImageList:
 
 def list_dataset(name: str, root: str | Path) -> ImageList:
     """The image list of an evaluation split (``voc07``, ``voc12``, ``coco20k``), read from the
-    split file / COCO20k list alone (``eval.datasets.image_paths``): no annotation is read.
+    split file / COCO20k list alone (:func:`discovery.splits.image_paths`): no annotation is read.
 
     Paths are taken relative to the folder above the images (``JPEGImages/000005.jpg``), so the
     fingerprint does not depend on which accepted root layout was typed. Listed files that are
     missing or unreadable are skipped and counted like any unreadable image.
     """
-    try:
-        from eval.datasets import DatasetError, image_paths
-    except ImportError as err:
-        raise PULError(f"--dataset needs the project's eval package ({err})") from None
     try:
         paths = image_paths(name, root)
     except DatasetError as err:

@@ -1,7 +1,9 @@
 """Weights as data: the registry of known ResNet50 weights, and how files are found, verified and read.
 
-Resolution order for a registry name (DESIGN.md §2): the project's ``weights/`` folder, then the
-torch hub cache (``$TORCH_HOME/hub/checkpoints``), then a download into ``weights/`` when allowed.
+Resolution order for a registry name (docs/weights.md): the weights folder
+(:func:`default_weights_dir`: ``$DISCOVERY_WEIGHTS_DIR``, else a checkout's ``weights/``, else the
+torch hub cache), then the torch hub cache (``$TORCH_HOME/hub/checkpoints``), then a download into
+the weights folder when allowed. An installed package never writes into its own folder.
 Every local file whose spec carries a hash prefix is checked against it on every load.
 
 Nothing here touches the network unless :func:`fetch` or :func:`resolve` with ``download=True`` is
@@ -132,15 +134,27 @@ def get_spec(name: str) -> WeightsSpec:
         ) from None
 
 
+def checkout_weights_dir() -> Path | None:
+    """The ``weights/`` folder of the source checkout this package runs from, or ``None`` when it
+    runs installed (from site-packages: never a place to write)."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "weights" / "README.md").is_file():
+        return root / "weights"
+    return None
+
+
 def default_weights_dir() -> Path:
-    """``$DISCOVERY_WEIGHTS_DIR``, else the project's ``weights/`` folder."""
+    """Where registry files are looked for first and downloaded to: ``$DISCOVERY_WEIGHTS_DIR``,
+    else the checkout's ``weights/`` (running from a checkout), else the torch hub checkpoints
+    folder (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``)."""
     env = os.environ.get("DISCOVERY_WEIGHTS_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "weights"
+    return checkout_weights_dir() or hub_checkpoints_dir()
 
 
 def hub_checkpoints_dir() -> Path:
+    """torch's own cache of downloaded weights, shared with torchvision."""
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -171,7 +185,9 @@ def candidates(spec: WeightsSpec, weights_dir: Path | None = None) -> list[Path]
     """Where a registry file may already be, in resolution order."""
     if spec.filename is None:
         return []
-    return [(weights_dir or default_weights_dir()) / spec.filename, hub_checkpoints_dir() / spec.filename]
+    first = (weights_dir or default_weights_dir()) / spec.filename
+    hub = hub_checkpoints_dir() / spec.filename
+    return [first] if first == hub else [first, hub]
 
 
 def missing_message(spec: WeightsSpec, weights_dir: Path | None = None) -> str:

@@ -32,8 +32,8 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="leave out images whose annotation or file is missing/malformed (counted)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "python -m eval") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="predict a box per image and compute CorLoc (resumable; torchrun-aware)")
@@ -125,8 +125,9 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m eval") -> int:
+    """``python -m eval`` in a checkout; ``discovery eval`` when installed (``prog`` names which)."""
+    args = build_parser(prog).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except RunError as err:

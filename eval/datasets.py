@@ -1,6 +1,7 @@
 """The CorLoc benchmarks as lists of (image, ground-truth boxes): VOC07 / VOC12 trainval and COCO20k.
 
-Protocol (DESIGN.md §4, as in valeoai/LOST ``datasets.py``):
+Protocol (docs/protocol.md, as in valeoai/LOST ``datasets.py``); where the images are (layouts,
+split files, the COCO20k list) is :mod:`discovery.splits`, shared with the PUL trainer:
 
 - VOC: every ``<object>`` of ``Annotations/<id>.xml`` for the ids of
   ``ImageSets/Main/trainval.txt``; the box is ``[xmin-1, ymin-1, xmax, ymax]`` (1-based inclusive
@@ -9,7 +10,7 @@ Protocol (DESIGN.md §4, as in valeoai/LOST ``datasets.py``):
   are skipped (LOST's ``--no_hard``).
 - COCO20k: the ``train2014`` images named in LOST's ``coco_20k_filenames.txt`` (19,817 lines; the
   image id is the number after the last ``_`` of each name), boxes from
-  ``annotations/instances_train2014.json`` without ``iscrowd`` ones, ``[x, y, x+w, y+h]`` each
+  ``annotations/instances_train2014.json`` (indexed by pycocotools) without ``iscrowd`` ones, ``[x, y, x+w, y+h]`` each
   rounded with Python's ``round`` (half to even, as the reference's ``int(round(x))``).
 
 Boxes are float64 ``(n, 4)`` arrays ``x1, y1, x2, y2`` in pixels, right/bottom exclusive.
@@ -17,36 +18,30 @@ Boxes are float64 ``(n, 4)`` arrays ``x1, y1, x2, y2`` in pixels, right/bottom e
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import re
 import xml.etree.ElementTree as ET
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from discovery.splits import (  # noqa: F401  (re-exported: the harness's names for the split layer)
+    COCO20K_LIST_NAME,
+    COCO20K_LIST_SHA256,
+    COCO20K_LIST_URL,
+    DATASETS,
+    DatasetError,
+    check_root,
+    coco20k_list,
+    find_coco_folder,
+    find_voc_folder,
+    image_paths,
+    read_image_list,
+    voc_split,
+)
 from discovery.weights import sha256_file
-
-#: sha256 of LOST's ``datasets/coco_20k_filenames.txt``.
-COCO20K_LIST_SHA256 = "74637e9b4f93f2ebef9b1f664aff53edd1f41ef08dad97bd22ce8e455052b335"
-COCO20K_LIST_URL = "https://raw.githubusercontent.com/valeoai/LOST/master/datasets/coco_20k_filenames.txt"
-COCO20K_LIST_NAME = "coco_20k_filenames.txt"
-
-#: dataset name → (folder / description, split, image count of the published protocol)
-DATASETS = {
-    "voc07": ("VOC2007", "trainval", 5011),
-    "voc12": ("VOC2012", "trainval", 11540),
-    "coco20k": ("COCO train2014", "train2014-20k", 19817),
-}
-
-VOC_PARTS = ("JPEGImages/", "Annotations/", "ImageSets/Main/trainval.txt")
-COCO_PARTS = ("train2014/", "annotations/instances_train2014.json")
-
-
-class DatasetError(Exception):
-    """A dataset problem a user can fix. The text is one line, except for a wrong root, where
-    the lines after the first show the expected tree and what was found."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,15 +98,6 @@ class Dataset:
         return len(self.items)
 
 
-def _check_root(name: str, root: str | Path) -> Path:
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"dataset root {root} is not a directory" if root.exists() else f"dataset root {root} does not exist")
-    return root
-
-
 def open_dataset(
     name: str,
     root: str | Path,
@@ -135,7 +121,7 @@ def open_dataset(
     Raises:
         DatasetError: unknown name, wrong root (with the expected tree), missing or malformed files.
     """
-    root = _check_root(name, root)
+    root = check_root(name, root)
     if name == "coco20k":
         if no_hard:
             raise DatasetError("--no-hard is defined for VOC only (COCO20k drops iscrowd boxes and keeps the rest)")
@@ -145,70 +131,7 @@ def open_dataset(
     return _open_voc(name, root, no_hard, skip_bad)
 
 
-def image_paths(name: str, root: str | Path, image_list: str | Path | None = None) -> list[Path]:
-    """The split's image files, from the split / image list alone: no annotation is read.
-
-    For consumers that must not see labels (the PUL trainer). Same root layouts and errors as
-    :func:`open_dataset`; files are not checked for existence.
-    """
-    root = _check_root(name, root)
-    if name == "coco20k":
-        folder, images_dir, _ = find_coco_folder(root)
-        return [images_dir / base for base, _ in read_image_list(_coco20k_list(root, folder, image_list))]
-    folder, _, ids = _voc_split(name, root)
-    return [folder / "JPEGImages" / f"{image_id}.jpg" for image_id in ids]
-
-
 # --- VOC ---------------------------------------------------------------------------------------
-
-
-def _is_voc(folder: Path) -> bool:
-    return (
-        (folder / "JPEGImages").is_dir()
-        and (folder / "Annotations").is_dir()
-        and (folder / "ImageSets" / "Main" / "trainval.txt").is_file()
-    )
-
-
-def find_voc_folder(root: Path, year: str) -> Path:
-    """The ``VOC<year>`` folder for any accepted layout of ``root``, or a :class:`DatasetError`
-    that draws the expected tree and lists what ``root`` holds."""
-    wanted = f"VOC{year}"
-    candidates = [root / "VOCdevkit" / wanted, root / wanted]
-    other_year = re.fullmatch(r"VOC\d{4}", root.name) and root.name != wanted
-    if not other_year:
-        candidates.append(root)
-    for folder in candidates:
-        if _is_voc(folder):
-            return folder.resolve()
-    lines = [
-        f"no PASCAL {wanted} trainval under {root}",
-        f"expected (ROOT = {root}):",
-        f"  ROOT/VOCdevkit/{wanted}/   (or ROOT/{wanted}/ when ROOT is VOCdevkit, or ROOT itself when it is {wanted})",
-        "  ├── JPEGImages/<id>.jpg",
-        "  ├── Annotations/<id>.xml",
-        "  └── ImageSets/Main/trainval.txt",
-    ]
-    if other_year:
-        lines.append(f"{root.name} is another year's folder")
-    for folder in candidates:
-        if folder.is_dir() and folder != root:
-            missing = [p for p in VOC_PARTS if not (folder / p.rstrip("/")).exists()]
-            lines.append(f"{folder} exists but lacks {', '.join(missing)}")
-    lines.append(f"found in {root}: {_listing(root)}")
-    raise DatasetError("\n".join(lines))
-
-
-def _listing(folder: Path, limit: int = 12) -> str:
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as err:
-        return f"(cannot list: {err.strerror})"
-    names = [e.name + ("/" if e.is_dir() else "") for e in entries[:limit]]
-    if not names:
-        return "(empty)"
-    more = f" (and {len(entries) - limit} more)" if len(entries) > limit else ""
-    return ", ".join(names) + more
 
 
 def _flag(obj: ET.Element, tag: str) -> bool:
@@ -244,22 +167,8 @@ def parse_voc_annotation(path: Path, no_hard: bool = False) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def _voc_split(name: str, root: Path) -> tuple[Path, str, list[str]]:
-    """``(VOC folder, split name, image ids)`` from the split file alone."""
-    folder_name, split, _ = DATASETS[name]
-    folder = find_voc_folder(root, folder_name[3:])
-    split_file = folder / "ImageSets" / "Main" / f"{split}.txt"
-    try:
-        ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"cannot read {split_file}: {err}") from None
-    if not ids:
-        raise DatasetError(f"{split_file} lists no images")
-    return folder, split, ids
-
-
 def _open_voc(name: str, root: Path, no_hard: bool, skip_bad: bool) -> Dataset:
-    folder, split, ids = _voc_split(name, root)
+    folder, split, ids = voc_split(name, root)
     items, skipped, dropped = [], [], 0
     for image_id in ids:
         image = folder / "JPEGImages" / f"{image_id}.jpg"
@@ -282,110 +191,66 @@ def _open_voc(name: str, root: Path, no_hard: bool, skip_bad: bool) -> Dataset:
 # --- COCO20k -----------------------------------------------------------------------------------
 
 
-def _coco_layout(folder: Path) -> tuple[Path, Path] | None:
-    annotations = folder / "annotations" / "instances_train2014.json"
-    for images in (folder / "train2014", folder / "images" / "train2014"):
-        if images.is_dir() and annotations.is_file():
-            return images, annotations
-    return None
-
-
-def find_coco_folder(root: Path) -> tuple[Path, Path, Path]:
-    """``(coco_folder, train2014_dir, annotation_json)`` for ``root``, or a :class:`DatasetError`
-    that draws the expected tree and lists what ``root`` holds."""
-    for folder in (root, root / "coco", root / "COCO"):
-        found = _coco_layout(folder)
-        if found:
-            return folder.resolve(), found[0].resolve(), found[1].resolve()
-    lines = [
-        f"no COCO train2014 under {root}",
-        f"expected (ROOT = {root}, or its coco/ or COCO/ folder):",
-        "  ROOT/",
-        "  ├── train2014/COCO_train2014_<id>.jpg      (or images/train2014/)",
-        "  ├── annotations/instances_train2014.json",
-        "  └── coco_20k_filenames.txt                 (or --image-list FILE; `python -m eval fetch-coco20k --root ROOT`)",
-        f"found in {root}: {_listing(root)}",
-    ]
-    raise DatasetError("\n".join(lines))
-
-
-def read_image_list(path: Path) -> list[tuple[str, int]]:
-    """LOST's list: one file name per line (optionally with a folder). Returns ``(basename, id)``."""
-    try:
-        lines = [line.strip() for line in path.read_text().splitlines()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"cannot read image list {path}: {err}") from None
-    entries = []
-    for number, line in enumerate(lines, start=1):
-        if not line:
-            continue
-        base = line.replace("\\", "/").rsplit("/", 1)[-1]
-        try:
-            entries.append((base, int(base.rsplit("_", 1)[-1].split(".")[0])))
-        except ValueError:
-            raise DatasetError(f"malformed image list {path}: line {number} {line!r} is not a COCO file name") from None
-    if not entries:
-        raise DatasetError(f"image list {path} is empty")
-    return entries
-
-
 def coco_box(bbox) -> tuple[int, int, int, int]:
     """COCO ``[x, y, w, h]`` → ``(x, y, x+w, y+h)``, each rounded like the reference's ``int(round(v))``."""
     x, y, w, h = (float(v) for v in bbox)
     return tuple(int(round(v)) for v in (x, y, x + w, y + h))
 
 
-def _coco20k_list(root: Path, folder: Path, image_list: str | Path | None) -> Path:
-    """The COCO20k list file: ``image_list``, else ``coco_20k_filenames.txt`` in the COCO folder or root."""
-    if image_list is None:
-        for candidate in (folder / COCO20K_LIST_NAME, root / COCO20K_LIST_NAME):
-            if candidate.is_file():
-                return candidate
-        raise DatasetError(
-            f"COCO20k needs LOST's image list {COCO20K_LIST_NAME}: run `python -m eval fetch-coco20k --root {root}` "
-            "or pass --image-list FILE"
-        )
-    image_list = Path(image_list).expanduser()
-    if not image_list.is_file():
-        raise DatasetError(f"image list {image_list} does not exist")
-    return image_list
+def load_coco(ann_file: Path):
+    """pycocotools' ``COCO`` index of an instances JSON (its progress prints silenced).
+
+    Raises :class:`DatasetError` naming the file when it is unreadable or lacks ``images`` /
+    ``annotations`` lists of objects with ``id`` / ``image_id``.
+    """
+    from pycocotools.coco import COCO
+
+    try:
+        with open(ann_file) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"malformed annotation {ann_file}: {str(err).splitlines()[0]}") from None
+    missing = [key for key in ("images", "annotations") if not isinstance(data, dict) or not isinstance(data.get(key), list)]
+    if missing:
+        raise DatasetError(f"malformed annotation {ann_file}: missing key {missing[0]!r}")
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    except (KeyError, TypeError) as err:
+        what = "an annotation without a valid image_id" if "image_id" in str(err) else f"missing key {err}"
+        raise DatasetError(f"malformed annotation {ann_file}: {what}") from None
+    return coco
+
+
+def _coco_boxes(coco, image_id: int, ann_file: Path) -> np.ndarray:
+    boxes = []
+    for ann in coco.imgToAnns.get(image_id, []):
+        if ann.get("iscrowd", 0) == 1:
+            continue
+        bbox = ann.get("bbox")
+        try:
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                raise ValueError
+            boxes.append(coco_box(bbox))
+        except (TypeError, ValueError):
+            raise DatasetError(f"malformed annotation {ann_file}: annotation {ann.get('id')} has bbox {bbox!r}") from None
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def _open_coco20k(root: Path, image_list: str | Path | None, skip_bad: bool) -> Dataset:
     folder, images_dir, ann_file = find_coco_folder(root)
-    image_list = _coco20k_list(root, folder, image_list)
+    image_list = coco20k_list(root, folder, image_list)
     entries = read_image_list(image_list)
-    try:
-        with open(ann_file) as fh:
-            coco = json.load(fh)
-        images = {int(img["id"]): img for img in coco["images"]}
-        annotations = coco["annotations"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        reason = f"missing key {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-        raise DatasetError(f"malformed annotation {ann_file}: {reason}") from None
-    by_image: dict[int, list[dict]] = defaultdict(list)
-    for ann in annotations:
-        try:
-            by_image[int(ann["image_id"])].append(ann)
-        except (KeyError, TypeError, ValueError):
-            raise DatasetError(f"malformed annotation {ann_file}: an annotation without a valid image_id") from None
+    coco = load_coco(ann_file)
     items, skipped = [], []
     for base, image_id in entries:
         try:
-            info = images.get(image_id)
+            info = coco.imgs.get(image_id)
             if info is None:
                 raise DatasetError(f"image {base} of {image_list.name} is not in {ann_file}")
-            boxes = []
-            for ann in by_image.get(image_id, []):
-                if ann.get("iscrowd", 0) == 1:
-                    continue
-                bbox = ann.get("bbox")
-                if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                    raise DatasetError(f"malformed annotation {ann_file}: annotation {ann.get('id')} has bbox {bbox!r}")
-                try:
-                    boxes.append(coco_box(bbox))
-                except (TypeError, ValueError):
-                    raise DatasetError(f"malformed annotation {ann_file}: annotation {ann.get('id')} has bbox {bbox!r}") from None
+            boxes = _coco_boxes(coco, image_id, ann_file)
             path = images_dir / str(info.get("file_name", base))
             if not path.is_file():
                 raise DatasetError(f"missing image {path}")
@@ -394,7 +259,7 @@ def _open_coco20k(root: Path, image_list: str | Path | None, skip_bad: bool) -> 
                 raise DatasetError(f"{err} (use --skip-bad to leave such images out)") from None
             skipped.append((base, str(err)))
             continue
-        items.append(Item(str(image_id), path, np.asarray(boxes, dtype=np.float64).reshape(-1, 4)))
+        items.append(Item(str(image_id), path, boxes))
     return Dataset(
         "coco20k", DATASETS["coco20k"][1], folder, items, False, 0, tuple(skipped),
         image_list.resolve(), sha256_file(image_list),

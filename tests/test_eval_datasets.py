@@ -238,9 +238,12 @@ def test_coco_malformed_annotations_name_the_file(coco_root, capsys):
     ann.write_text('{"images": [')
     with pytest.raises(DatasetError, match=f"malformed annotation {ann}"):
         open_dataset("coco20k", coco_root)
-    ann.write_text(json.dumps({"images": [{"id": 9, "file_name": "COCO_train2014_000000000009.jpg"}],
-                               "annotations": [{"image_id": 9, "bbox": [1, 2], "iscrowd": 0}]}))
+    image = {"id": 9, "file_name": "COCO_train2014_000000000009.jpg"}
+    ann.write_text(json.dumps({"images": [image], "annotations": [{"image_id": 9, "bbox": [1, 2, 3, 4]}]}))
     (coco_root / "coco_20k_filenames.txt").write_text("COCO_train2014_000000000009.jpg\n")
+    with pytest.raises(DatasetError, match=f"malformed annotation {ann}: missing key 'id'"):  # pycocotools indexes by id
+        open_dataset("coco20k", coco_root)
+    ann.write_text(json.dumps({"images": [image], "annotations": [{"id": 1, "image_id": 9, "bbox": [1, 2], "iscrowd": 0}]}))
     with pytest.raises(DatasetError, match=r"malformed annotation .* has bbox \[1, 2\]"):
         open_dataset("coco20k", coco_root)
     assert main(["score", "--dataset", "coco20k", "--root", str(coco_root), "--predictions", "p"]) == 2

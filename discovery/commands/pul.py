@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace an existing OUT (and discard its state file)")
     t.add_argument("--log-dynamics", type=Path, default=None, metavar="CSV", help="per-step losses, class histogram, function speed")
     t.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    t.add_argument("--weights-dir", type=Path, default=None, help="folder of weights files (default: the project's weights/)")
+    t.add_argument("--weights-dir", type=Path, default=None, help="folder of weights files (default: $DISCOVERY_WEIGHTS_DIR, a checkout's weights/, else the torch hub cache)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(run=run_train)
 
