@@ -198,7 +198,7 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
                 with gr.Row():
                     method = gr.Radio(list(CAM_METHODS), value="gradcam", label="CAM method")
                     target = gr.Textbox(
-                        label="CAM target", placeholder="top-1", info="blank: top-1; or a class index / name",
+                        "", label="CAM target", placeholder="top-1", info="blank: top-1; or a class index / name",
                     )
                 run = gr.Button("Run", variant="primary", elem_id="run")
         status = gr.Markdown("", elem_id="status")

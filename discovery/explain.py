@@ -1,4 +1,4 @@
-"""Saliency maps on layer4: Grad-CAM and EigenCAM, CAM → box, and Adebayo et al.'s sanity check.
+"""Saliency maps on layer4: Grad-CAM and EigenCAM, and CAM → box (the sanity check is :mod:`discovery.sanity`).
 
 ``Explainer(localizer)`` reuses a :class:`~discovery.localizer.Localizer`'s backbone and input
 preparation: the trunk runs once (the same forward pass LOST uses, returned as ``CamResult.embedding``)
@@ -19,12 +19,8 @@ Targets:
 
 from __future__ import annotations
 
-import copy
-import difflib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -32,6 +28,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
+from .classes import class_name, resolve_class
 from .images import ImageInput, PreparedImage
 from .localizer import Embedding, Localizer
 
@@ -45,54 +42,7 @@ values (0.5) give tighter boxes around the peak only, which under-covers whole o
 EMBEDDING_TARGET = "embedding norm (L2 norm of the pooled layer4 feature)"
 EIGEN_TARGET = "first principal component of layer4 activations (class-agnostic)"
 
-SANITY_LAYERS = ("fc", "layer4", "layer3", "layer2", "layer1", "conv1+bn1")
-"""Cascading randomisation order of :func:`sanity_check`, top (output) to bottom (input)."""
-
-# Indices into Backbone.trunk (conv1, bn1, relu, maxpool, layer1..layer4).
-_TRUNK_INDEX = {"conv1+bn1": (0, 1), "layer1": (4,), "layer2": (5,), "layer3": (6,), "layer4": (7,)}
-
 Target = int | str | None
-
-
-@lru_cache(maxsize=1)
-def imagenet_classes() -> tuple[str, ...]:
-    """The 1000 ImageNet class names in index order (shipped with torchvision, nothing downloaded)."""
-    from torchvision.models import ResNet50_Weights
-
-    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def resolve_class(target: int | str, num_classes: int = 1000) -> int:
-    """An ImageNet class index from an index, a digit string or a case-insensitive name.
-
-    Raises:
-        ValueError: one line, for an unknown or ambiguous name or an out-of-range index.
-    """
-    if isinstance(target, str) and target.strip().isdigit():
-        target = int(target.strip())
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        if not 0 <= int(target) < num_classes:
-            raise ValueError(f"class index {int(target)} out of range 0..{num_classes - 1}")
-        return int(target)
-    if not isinstance(target, str):
-        raise ValueError(f"target must be a class index or name, got {type(target).__name__}")
-    if num_classes != 1000:
-        raise ValueError(f"class names need a 1000-way ImageNet classifier; this one has {num_classes} outputs, use an index")
-    names = imagenet_classes()
-    wanted = target.strip().lower()
-    hits = [i for i, name in enumerate(names) if name.lower() == wanted]
-    if len(hits) > 1:
-        raise ValueError(f"class name {target!r} is ambiguous: indices {', '.join(map(str, hits))}")
-    if not hits:
-        close = difflib.get_close_matches(wanted, [n.lower() for n in names], n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; give a class index 0..999 or an ImageNet name"
-        raise ValueError(f"unknown ImageNet class {target!r}{hint}")
-    return hits[0]
-
-
-def class_name(index: int, num_classes: int = 1000) -> str:
-    """The ImageNet name of ``index`` (``"class N"`` for a non-ImageNet classifier)."""
-    return imagenet_classes()[index] if num_classes == 1000 else f"class {index}"
 
 
 def upsample(raw: np.ndarray, image_size: tuple[int, int], cell: tuple[float, float]) -> np.ndarray:
@@ -309,135 +259,3 @@ class Explainer:
         weights = grad.mean(dim=(1, 2))
         raw = torch.relu((weights[:, None, None] * acts.detach()).sum(dim=0))
         return raw.cpu().numpy().astype(np.float32), index, name, prob
-
-
-@dataclass(frozen=True)
-class SanityStep:
-    """One step of the cascade: ``layer`` (and every layer above it) re-initialised.
-
-    ``spearman`` and ``ssim`` compare the step's map with the original (NaN when a map is
-    constant, where rank correlation is undefined); ``cam`` is the step's ``(H, W)`` map.
-    """
-
-    layer: str
-    spearman: float
-    ssim: float
-    cam: np.ndarray
-
-    def to_json(self) -> dict:
-        def num(v: float) -> float | None:
-            return None if math.isnan(v) else round(v, 4)
-
-        return {"layer": self.layer, "spearman": num(self.spearman), "ssim": num(self.ssim)}
-
-
-@dataclass(frozen=True)
-class SanityReport:
-    """Adebayo et al.'s cascading randomisation for one image: the original map and each step."""
-
-    original: CamResult
-    steps: tuple[SanityStep, ...]
-
-    def table(self) -> str:
-        """Plain-text table: step, layer, Spearman rank correlation, SSIM."""
-        lines = [f"{'step':>4}  {'randomised (cascading)':<24}{'spearman':>9}{'ssim':>9}"]
-        for i, s in enumerate(self.steps, 1):
-            lines.append(f"{i:>4}  {'+ ' + s.layer if i > 1 else s.layer:<24}{s.spearman:>9.4f}{s.ssim:>9.4f}")
-        return "\n".join(lines)
-
-
-def compare_maps(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """``(spearman, ssim)`` of two same-shaped [0, 1] maps (NaN where undefined)."""
-    from scipy.stats import spearmanr
-    from skimage.metrics import structural_similarity
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.std() == 0 or b.std() == 0:
-        rho = float("nan")
-    else:
-        rho = float(spearmanr(a.ravel(), b.ravel()).statistic)
-    side = min(a.shape)
-    if side < 3:
-        return rho, float("nan")
-    win = min(7, side if side % 2 else side - 1)
-    return rho, float(structural_similarity(a, b, data_range=1.0, win_size=win))
-
-
-def _reinit(module: nn.Module) -> None:
-    """Default-initialise every conv, linear and batch-norm layer inside ``module`` (stats included)."""
-    for m in module.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-
-
-def sanity_check(
-    explainer: Explainer,
-    image: ImageInput | PreparedImage,
-    method: str = "gradcam",
-    target: Target = None,
-    seed: int = 0,
-) -> SanityReport:
-    """Cascading model-parameter randomisation (Adebayo et al., 2018) on one image.
-
-    Re-initialises (torchvision's default init, seeded) the layers top-down, cumulatively:
-    ``fc``, ``layer4``, ``layer3``, ``layer2``, ``layer1``, ``conv1+bn1`` (batch-norm running
-    statistics are reset too; ``fc`` is skipped for headless backbones), and compares each step's
-    map with the original. The class target stays the original's (its top-1 when ``target`` is
-    ``None``), so changes come from the weights alone. Works on a deep copy: the explainer's
-    backbone is never modified.
-    """
-    prepared = image if isinstance(image, PreparedImage) else explainer.localizer.prepare(image)
-    original = explainer(prepared, method=method, target=target)
-    net = copy.deepcopy(explainer.backbone)
-    fixed = original.target if method == "gradcam" else None
-    steps = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for layer in SANITY_LAYERS:
-            if layer == "fc":
-                if net.fc is None:
-                    continue
-                modules = [net.fc]
-            else:
-                modules = [net.trunk[i] for i in _TRUNK_INDEX[layer]]
-            for module in modules:
-                _reinit(module)
-            net.requires_grad_(False)
-            shadow = Explainer(explainer.localizer.with_backbone(net), explainer.threshold)
-            res = shadow(prepared, method=method, target=fixed)
-            rho, ssim = compare_maps(original.cam, res.cam)
-            steps.append(SanityStep(layer, rho, ssim, res.cam))
-    return SanityReport(original, tuple(steps))
-
-
-def plot_sanity(report: SanityReport, rgb: np.ndarray, path) -> None:
-    """Save a figure: the original map and each step's map over ``rgb``, and the two metrics per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from . import viz
-
-    panels = [("original", report.original.cam)] + [(s.layer, s.cam) for s in report.steps]
-    fig = plt.figure(figsize=(2.4 * len(panels), 5.2))
-    grid = fig.add_gridspec(2, len(panels), height_ratios=(1, 1))
-    for i, (title, cam) in enumerate(panels):
-        ax = fig.add_subplot(grid[0, i])
-        ax.imshow(viz.heatmap(rgb, cam))
-        ax.set_title(title if i == 0 else f"+{title}" if i > 1 else title, fontsize=9)
-        ax.axis("off")
-    ax = fig.add_subplot(grid[1, :])
-    x = np.arange(1, len(report.steps) + 1)
-    ax.plot(x, [s.spearman for s in report.steps], "o-", label="Spearman rank correlation")
-    ax.plot(x, [s.ssim for s in report.steps], "s-", label="SSIM")
-    ax.set_xticks(x, [s.layer for s in report.steps])
-    ax.set_xlabel("layers randomised, cascading from the top")
-    ax.set_ylabel("similarity to the original map")
-    ax.set_ylim(-1.05, 1.05)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.set_title(f"{report.original.method} sanity check (Adebayo et al., 2018)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

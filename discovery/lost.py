@@ -1,6 +1,6 @@
 """LOST (Siméoni et al., 2021) on a feature map: degree → seed → expansion → box.
 
-Follows valeoai/LOST's ResNet50 path step by step (DESIGN.md §3); the one deliberate difference is
+Follows valeoai/LOST's ResNet50 path step by step (docs/protocol.md); the one deliberate difference is
 that ties in degree are broken by ascending patch index (the reference's argsort leaves it open).
 ``localize`` is the batch-of-one case of ``localize_batch``, so both give identical boxes.
 """
@@ -88,7 +88,7 @@ def localize_batch(
         features: ``(B, C, h, w)`` raw backbone features (before standardisation), any float dtype;
             computed in float32.
         image_sizes: per item, the unpadded ``(H, W)`` in pixels, for clipping.
-        stride: pixels per feature cell before clipping (the scale ``s`` of DESIGN.md §3 step 8:
+        stride: pixels per feature cell before clipping (the scale ``s`` of docs/protocol.md, LOST step 8:
             padded size / feature size, which equals the stride with our padding).
         k: number of lowest-degree patches considered for the expansion.
     """

@@ -1,6 +1,6 @@
 """PUL (Panning through Unstructured Labels): refine a pretrained ResNet50 on random labels.
 
-The seed paper's recipe (DESIGN.md §6): every unlabeled training image gets a fixed random label in
+The seed paper's recipe (docs/pul.md): every unlabeled training image gets a fixed random label in
 ``[0, C)``; a projector of two linear layers on the pooled layer4 features is trained with
 cross-entropy on those labels, regularised by ``kl_weight * T^2 * KL(p_frozen || p_student)`` at
 temperature ``T`` between the frozen base's and the student's prediction distributions. The

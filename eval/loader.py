@@ -1,6 +1,6 @@
 """Decoding in DataLoader workers, and batches of images that share one padded size.
 
-LOST pads each image bottom/right to a multiple of 16, the stride (DESIGN.md §3); a batch may only hold images
+LOST pads each image bottom/right to a multiple of 16, the stride (docs/protocol.md); a batch may only hold images
 whose padded tensors already have the same shape, so no image gets extra padding and every feature
 map is the one the image would get alone. Images stream in dataset order; each padded shape has its
 own bucket, a full bucket becomes a batch, and when too many images wait the fullest bucket goes

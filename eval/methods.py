@@ -29,12 +29,12 @@ Method = Callable[[Localizer, Sequence[Embedding], int], list[Proposal]]
 
 
 def lost(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> list[Proposal]:
-    """LOST (DESIGN.md §3): the localizer's box and the centre of its seed cell."""
+    """LOST (docs/protocol.md): the localizer's box and the centre of its seed cell."""
     return [Proposal(loc.box, loc.seed_xy) for loc in localizer.localize(list(embeddings), k=k)]
 
 
 def gradcam(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> list[Proposal]:
-    """Grad-CAM box (DESIGN.md §5): the top-1 class's map (the pooled-feature norm for headless
+    """Grad-CAM box (docs/explain.md): the top-1 class's map (the pooled-feature norm for headless
     backbones), thresholded at :data:`discovery.explain.DEFAULT_THRESHOLD` of its maximum, largest
     connected component. A classic baseline, scored with the same protocol as LOST (``k`` unused)."""
     return [Proposal(cam.box) for cam in Explainer(localizer).explain_embeddings(embeddings)]

@@ -1,4 +1,4 @@
-"""IoU and CorLoc (DESIGN.md §4).
+"""IoU and CorLoc (docs/protocol.md).
 
 One box per image; the image is correct when the box has IoU >= 0.5 with **any** ground-truth box.
 IoU uses continuous coordinates (``x1, y1, x2, y2`` with exclusive right/bottom: area is

@@ -1,4 +1,4 @@
-"""The benchmark's pieces: its FLOP count against DESIGN.md §8, and the reference loop as an
+"""The benchmark's pieces: its FLOP count against docs/performance.md, and the reference loop as an
 oracle for the whole pipeline (decode → pad → features → LOST) on synthetic images."""
 
 from __future__ import annotations

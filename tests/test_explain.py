@@ -12,16 +12,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from discovery.backbones import load_backbone
-from discovery.explain import (
-    EIGEN_TARGET,
-    EMBEDDING_TARGET,
-    SANITY_LAYERS,
-    CamResult,
-    Explainer,
-    cam_to_box,
-    resolve_class,
-    sanity_check,
-)
+from discovery.classes import resolve_class
+from discovery.explain import EIGEN_TARGET, EMBEDDING_TARGET, CamResult, Explainer, cam_to_box
+from discovery.sanity import SANITY_LAYERS, sanity_check
 from discovery.images import PreparedImage
 from discovery.localizer import Localizer
 

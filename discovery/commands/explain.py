@@ -18,7 +18,8 @@ from PIL import Image
 from .. import viz
 from ..cli import ImageLoop, add_backbone_args
 from ..examples import EXAMPLES, example_path
-from ..explain import DEFAULT_THRESHOLD, METHODS, CamResult, Explainer, plot_sanity, sanity_check
+from ..explain import DEFAULT_THRESHOLD, METHODS, CamResult, Explainer
+from ..sanity import plot_sanity, sanity_check
 from ..localizer import DEFAULT_MAX_SIDE, Localizer
 from .locate import unique_path
 
