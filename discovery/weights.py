@@ -11,7 +11,6 @@ called, and ``DISCOVERY_OFFLINE=1`` turns every download off.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .download import Checksum, DownloadError, offline
+from .download import Checksum, DownloadError, file_digest, offline
 from .download import download as download_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -147,12 +146,8 @@ def hub_checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def verify(path: Path, spec: WeightsSpec) -> str:
