@@ -45,3 +45,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of a UTF-8 text."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def fsync_folder(path: str | Path) -> None:
+    """Make a rename or a new entry in folder ``path`` durable (best effort)."""
+    _fsync_path(Path(path), directory=True)

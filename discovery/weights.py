@@ -13,7 +13,6 @@ called, and ``DISCOVERY_OFFLINE=1`` turns every download off.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .download import Checksum, DownloadError, file_digest, offline
+from .download import download as download_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,16 +160,8 @@ def hub_checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def offline() -> bool:
-    return os.environ.get("DISCOVERY_OFFLINE", "") not in ("", "0")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def verify(path: Path, spec: WeightsSpec) -> str:
@@ -218,21 +212,19 @@ def resolve(name: str, weights_dir: Path | None = None, download: bool = True) -
 
 
 def fetch(name: str, weights_dir: Path | None = None, progress: bool = True) -> Path:
-    """Download registry ``name`` into ``weights_dir`` (hash-checked), or raise one line."""
+    """Download registry ``name`` into ``weights_dir`` (resumable, hash-checked before it is
+    put in place), or raise :class:`WeightsError` (one line)."""
     spec = get_spec(name)
     if spec.url is None:
         raise WeightsError(f"backbone {name!r} has nothing to download")
     target = (weights_dir or default_weights_dir()) / spec.filename
     if offline():
         raise WeightsError(f"downloads are off (DISCOVERY_OFFLINE); {missing_message(spec, weights_dir)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    checksum = Checksum("sha256", spec.sha256_prefix) if spec.sha256_prefix else None
     try:
-        torch.hub.download_url_to_file(spec.url, str(target), hash_prefix=spec.sha256_prefix, progress=progress)
-    except Exception as err:  # urllib, SSL, socket and hash errors all mean the same to a user
-        target.unlink(missing_ok=True)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise WeightsError(f"download of {spec.url} failed ({reason}); {missing_message(spec, weights_dir)}") from None
-    return target
+        return download_file(spec.url, target, checksum, progress=progress)
+    except DownloadError as err:
+        raise WeightsError(f"{err}; {missing_message(spec, weights_dir)}") from None
 
 
 # --- reading files without executing code ---------------------------------------------------

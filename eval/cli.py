@@ -1,4 +1,4 @@
-"""CorLoc evaluation on VOC07 / VOC12 trainval and COCO20k: run, score, synthetic data, the COCO20k list.
+"""CorLoc evaluation on VOC07 / VOC12 trainval and COCO20k: run, score, synthetic data, fetching the data.
 
 A thin argparse layer over :mod:`eval.runner`, :mod:`eval.scoring`, :mod:`eval.synth` and
 :mod:`eval.fetch`. User mistakes end in ``error: ...`` on stderr and exit status 2.
@@ -14,7 +14,7 @@ from pathlib import Path
 from discovery.cli import USER_ERRORS, add_backbone_args
 
 from .datasets import DATASETS, DatasetError, open_dataset
-from .fetch import fetch_coco20k_list
+from .fetch import MIRROR_ENV, fetch_coco20k_list, fetch_dataset
 from .methods import METHODS
 from .predictions import PredictionsError, dumps
 from .runner import RunError, RunOptions, run
@@ -64,7 +64,19 @@ def build_parser(prog: str = "python -m eval") -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a folder that already holds VOCdevkit/ or coco/")
     p.set_defaults(run=_synth)
 
-    p = sub.add_parser("fetch-coco20k", help="download LOST's COCO20k image list and check its sha256")
+    p = sub.add_parser("fetch", help="download, verify and unpack VOC07 / VOC12 / COCO20k into ROOT (resumable)")
+    p.add_argument("datasets", nargs="+", choices=tuple(DATASETS), metavar="DATASET", help=f"any of: {', '.join(DATASETS)}")
+    p.add_argument("--root", required=True, type=Path, help="data folder: VOC goes to ROOT/VOCdevkit/VOC<year>, COCO to ROOT/coco")
+    p.add_argument("--mirror", default=os.environ.get(MIRROR_ENV) or None, metavar="URL",
+                   help=f"fetch every file from URL/<file name> instead of the official sites (default ${MIRROR_ENV})")
+    p.add_argument("--archives", type=Path, default=None, metavar="DIR",
+                   help="where archives are downloaded and resumed (default ROOT/archives); verified files already there are used")
+    p.add_argument("--keep-archives", action="store_true", help="keep the archives after unpacking (default: delete them)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a connect or read may block (default 60)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_fetch_datasets)
+
+    p = sub.add_parser("fetch-coco20k", help="download LOST's COCO20k image list alone and check its sha256")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--root", type=Path, default=None, help="save as ROOT/coco_20k_filenames.txt (where `run` looks)")
     group.add_argument("--out", type=Path, default=None, help="save to this file (default ./coco_20k_filenames.txt)")
@@ -113,6 +125,20 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"wrote {made.images} images each for VOC2007, VOC2012 and COCO under {made.out}")
     print(f"  python -m eval run --dataset voc07 --root {made.out} --backbone random --out runs/synth-voc07")
     print(f"  python -m eval run --dataset coco20k --root {made.coco_root} --backbone random --out runs/synth-coco20k")
+    return 0
+
+
+def _fetch_datasets(args: argparse.Namespace) -> int:
+    for name in dict.fromkeys(args.datasets):
+        done = fetch_dataset(
+            name, args.root, mirror=args.mirror, archives_dir=args.archives, keep_archives=args.keep_archives,
+            progress=not args.no_progress, timeout=args.timeout,
+        )
+        if done.downloaded:
+            print(f"{name}: {done.folder} (verified and unpacked: {', '.join(done.downloaded)})")
+        else:
+            print(f"{name}: already present at {done.folder}")
+    print(f"  python -m eval run --dataset {args.datasets[0]} --root {args.root} --backbone imagenet --out runs/{args.datasets[0]}-imagenet")
     return 0
 
 
