@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from discovery.localizer import DEFAULT_MAX_SIDE
 from discovery.backbones import STRIDES
+from discovery.localizer import DEFAULT_MAX_SIDE
 from discovery.weights import WeightsError, parse_backbone_name
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
 from .backbones import Backbone
 from .classes import class_name, resolve_class

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import torch
 
-
 #: LOST's number of expansion candidates (the reference's default).
 DEFAULT_K = 100
 

@@ -24,7 +24,12 @@ from discovery.files import fsync_folder
 
 from .archives import extract
 from .datasets import (
-    COCO20K_LIST_NAME, COCO20K_LIST_SHA256, COCO20K_LIST_URL, DatasetError, find_coco_folder, find_voc_folder,
+    COCO20K_LIST_NAME,
+    COCO20K_LIST_SHA256,
+    COCO20K_LIST_URL,
+    DatasetError,
+    find_coco_folder,
+    find_voc_folder,
 )
 
 #: environment variable naming a mirror: a URL prefix that serves every file under its file name

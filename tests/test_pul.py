@@ -29,7 +29,7 @@ from discovery import Localizer, load_backbone
 from discovery import weights as W
 from discovery.cli import main
 from discovery.pul import build_models, distill_kl, function_speed, read_dynamics, state_path
-from discovery.pul_data import (
+from discovery.pul.data import (
     PULImages,
     labels_digest,
     list_folder,

@@ -19,8 +19,8 @@ from .. import viz
 from ..cli import ImageLoop, add_backbone_args
 from ..examples import EXAMPLES, example_path
 from ..explain import DEFAULT_THRESHOLD, METHODS, CamResult, Explainer
-from ..sanity import plot_sanity, sanity_check
 from ..localizer import DEFAULT_MAX_SIDE, Localizer
+from ..sanity import plot_sanity, sanity_check
 from .locate import unique_path
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")

@@ -49,8 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..pul import train
-    from ..pul_data import PULError
+    from ..pul import PULError, train
 
     if args.root is not None and args.dataset is None:
         raise PULError("--root goes with --dataset; use --images DIR for a folder")

@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import ImageError, decode
-from .splits import DatasetError, image_paths
+from ..images import ImageError, decode
+from ..splits import DatasetError, image_paths
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 

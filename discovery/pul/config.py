@@ -1,0 +1,133 @@
+"""PUL's options (:class:`PULConfig`), its result (:class:`PULResult`) and their validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..distributed import DistContext
+from ..splits import DATASETS
+from .checkpoint import state_path
+from .data import PULError
+
+# Config fields that change the trained weights: a resume file must agree on all of them.
+RESULT_FIELDS = (
+    "epochs", "classes", "temperature", "kl_weight", "batch_size", "lr", "trunk_lr_scale", "momentum",
+    "weight_decay", "nesterov", "lr_decay", "seed", "input_size", "projector_width", "probe_size",
+)
+
+
+@dataclass(frozen=True)
+class PULConfig:
+    """One PUL run. Exactly one of ``images`` (a folder) or ``dataset`` + ``root`` names the data.
+
+    Attributes (defaults are the documented choices, see docs/pul.md):
+        base: backbone name for :func:`discovery.backbones.load_backbone` (``imagenet``,
+            ``imagenet-v2``, ``dino``, ``random``, ``pul:PATH`` or a checkpoint path).
+        out: the ``.safetensors`` file to write.
+        epochs, classes: training length and number of random classes (>= 2).
+        temperature, kl_weight: the distillation regulariser ``kl_weight * T^2 * KL``.
+        batch_size: the global batch (split evenly across DDP ranks).
+        lr: learning rate of the projector; the trunk (and fc) use ``lr * trunk_lr_scale``.
+        momentum, weight_decay, nesterov: SGD settings (SHOT's).
+        lr_decay: SHOT's schedule ``lr * (1 + 10 p)^-0.75`` with ``p`` = progress in [0, 1]; off: constant.
+        seed: every random choice (labels, order, augmentation, projector, probe, random head).
+        input_size: training crop side in pixels (images are resized to ``round(S*256/224)`` first).
+        projector_width: hidden width of the two-layer projector ``2048 -> W -> classes``.
+        probe_size: images in the fixed probe batch for the function speed.
+        workers: DataLoader decode workers (0: in the main process).
+        checkpoint_every: write the resumable state every N steps (and at every epoch end).
+        stop_after: stop (with a resumable state) after this many steps in total; for time-boxed jobs.
+        resume, overwrite: continue from ``OUT.state.pt`` / replace an existing output.
+        log_dynamics: per-step CSV of losses, predicted-class histogram and function speed.
+        device: ``cpu``, ``cuda``, ``cuda:N``; under torchrun with CUDA each rank uses ``cuda:LOCAL_RANK``.
+        weights_dir: where registry weights live (default: the project's ``weights/``).
+        progress: show a tqdm bar (rank 0 only).
+    """
+
+    base: str
+    out: Path
+    images: Path | None = None
+    dataset: str | None = None
+    root: Path | None = None
+    epochs: int = 3
+    classes: int = 3
+    temperature: float = 4.0
+    kl_weight: float = 1.0
+    batch_size: int = 32
+    lr: float = 0.01
+    trunk_lr_scale: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    nesterov: bool = True
+    lr_decay: bool = True
+    seed: int = 0
+    input_size: int = 224
+    projector_width: int = 256
+    probe_size: int = 32
+    workers: int = 2
+    checkpoint_every: int = 100
+    stop_after: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    log_dynamics: Path | None = None
+    device: str = "cpu"
+    weights_dir: Path | None = None
+    progress: bool = True
+
+    def result_config(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in RESULT_FIELDS}
+
+
+@dataclass(frozen=True)
+class PULResult:
+    """What a run produced: ``out`` (``None`` when stopped early), the state file, steps done of
+    ``total_steps``, images used and ``skipped`` (relative paths of unreadable images)."""
+
+    out: Path | None
+    state: Path
+    steps: int
+    total_steps: int
+    images: int
+    skipped: tuple[str, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.out is not None
+
+
+def validate(config: PULConfig, dist: DistContext) -> None:
+    """Refuse bad numbers and file conflicts before anything expensive (raises :class:`PULError`,
+    ``FileExistsError`` or ``FileNotFoundError``, one line each)."""
+    checks = [
+        (config.classes >= 2, f"--classes must be at least 2 (got {config.classes}): one class gives a constant loss"),
+        (config.epochs >= 1, f"--epochs must be at least 1 (got {config.epochs})"),
+        (config.batch_size >= 1, f"--batch-size must be at least 1 (got {config.batch_size})"),
+        (config.temperature > 0, f"--temperature must be positive (got {config.temperature})"),
+        (config.kl_weight >= 0, f"--kl-weight must be >= 0 (got {config.kl_weight})"),
+        (config.lr > 0, f"--lr must be positive (got {config.lr})"),
+        (config.input_size >= 32, f"--input-size must be at least 32 pixels (got {config.input_size})"),
+        (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})"),
+        (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {config.checkpoint_every})"),
+        (config.stop_after is None or config.stop_after >= 1, f"--stop-after must be at least 1 (got {config.stop_after})"),
+        (config.probe_size >= 1, f"probe size must be at least 1 (got {config.probe_size})"),
+        (config.batch_size % dist.world_size == 0,
+         f"--batch-size {config.batch_size} (the global batch) must be a multiple of the {dist.world_size} processes"),
+        ((config.images is None) != (config.dataset is None), "give exactly one of --images DIR or --dataset NAME --root DIR"),
+        (config.dataset is None or config.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {config.dataset})"),
+        (config.dataset is None or config.root is not None, "--dataset needs --root DIR"),
+        (Path(config.out).suffix == ".safetensors", f"--out must end in .safetensors (got {config.out})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise PULError(message)
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    state = state_path(out)
+    if config.resume and not state.is_file():
+        raise FileNotFoundError(f"nothing to resume: {state} does not exist")
+    if state.exists() and not config.resume and not config.overwrite:
+        raise FileExistsError(f"{state} is left from an interrupted run; pass --resume to continue it or --overwrite to start over")

@@ -1,0 +1,148 @@
+"""PUL's networks: the student (trunk + projector + prediction head), the frozen teacher, the losses and the optimiser."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from .data import PULError, derive_seed
+
+if TYPE_CHECKING:
+    from .config import PULConfig
+
+TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+#: PUL trains the standard ResNet50 (no dilation), as the weights were trained; LOST runs them at 16.
+TRAIN_STRIDE = 32
+#: Width of the frozen random prediction head of a headless base.
+HEADLESS_CLASSES = 1000
+
+
+class Projector(nn.Sequential):
+    """Two linear layers ``2048 -> width -> classes`` with a ReLU between (pooled features in, logits out)."""
+
+    def __init__(self, classes: int, width: int = 256, features: int = 2048):
+        super().__init__(nn.Linear(features, width), nn.ReLU(inplace=True), nn.Linear(width, classes))
+
+
+class PULStudent(nn.Module):
+    """The model under training: ``forward(x (B,3,S,S))`` -> ``(projector logits (B,C), prediction logits (B,K))``.
+
+    ``head`` is the base's 1000-way ``fc`` (trained) or, for a headless base, the frozen random head
+    shared with the teacher.
+    """
+
+    def __init__(self, trunk: nn.Module, head: nn.Linear, projector: Projector):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+        self.projector = projector
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.trunk(x).mean(dim=(2, 3))
+        return self.projector(pooled), self.head(pooled)
+
+
+class PULTeacher(nn.Module):
+    """The frozen base: ``forward(x)`` -> prediction logits ``(B, K)``."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x).mean(dim=(2, 3)))
+
+
+def random_head(seed: int, classes: int = HEADLESS_CLASSES, features: int = 2048) -> nn.Linear:
+    """The frozen prediction head of a headless base: ``nn.Linear(2048, 1000)`` with PyTorch's
+    default init drawn from a generator seeded by ``(seed, "head")``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "head"))
+        head = nn.Linear(features, classes)
+    return head.requires_grad_(False)
+
+
+def build_models(base: Backbone, classes: int, width: int, seed: int) -> tuple[PULStudent, PULTeacher]:
+    """Student and teacher from a loaded (frozen, eval-mode) base.
+
+    Both stay in eval mode for the whole run (BatchNorm uses the base's running statistics), so
+    at step 0 they compute bit-identical prediction logits. The student's trunk and ``fc`` are
+    trainable copies; the projector is initialised from ``(seed, "projector")``.
+    """
+    if base.fc is not None:
+        teacher_head = base.fc
+        student_head = copy.deepcopy(base.fc).requires_grad_(True)
+    else:
+        teacher_head = student_head = random_head(seed)
+    teacher = PULTeacher(base.trunk, teacher_head).eval().requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "projector"))
+        projector = Projector(classes, width)
+    trunk = copy.deepcopy(base.trunk).requires_grad_(True)
+    student = PULStudent(trunk, student_head, projector).eval()
+    return student, teacher
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``KL(softmax(t/T) || softmax(s/T))`` averaged over the batch (scalar, not scaled by T^2);
+    exactly 0 when the logits are equal."""
+    return F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        log_target=True, reduction="batchmean",
+    )
+
+
+def function_speed(after: torch.Tensor, before: torch.Tensor) -> float:
+    """The paper's function speed ``KL(softmax f_{t+1} || softmax f_t)``, mean over the probe batch."""
+    return float(F.kl_div(
+        F.log_softmax(before.double(), dim=1), F.log_softmax(after.double(), dim=1),
+        log_target=True, reduction="batchmean",
+    ))
+
+
+def check_finite(student: nn.Module, step: int, state_file: Path) -> None:
+    """Raise :class:`PULError` if any trained weight is NaN or infinite (a diverged run)."""
+    with torch.no_grad():
+        if not all(bool(torch.isfinite(p).all()) for p in student.parameters()):
+            raise PULError(
+                f"the weights became non-finite by step {step}; lower --lr "
+                f"(the last good state, if any, is {state_file})"
+            )
+
+
+def lr_factor(step: int, total_steps: int, decay: bool) -> float:
+    """SHOT's schedule ``(1 + 10 * step / total)^-0.75`` (1 when ``decay`` is off)."""
+    return (1 + 10 * step / max(1, total_steps)) ** -0.75 if decay else 1.0
+
+
+def make_optimizer(student: PULStudent, config: PULConfig) -> torch.optim.SGD:
+    """SGD with two groups: trunk + fc at ``lr * trunk_lr_scale``, projector at ``lr``."""
+    pretrained = [p for name, p in student.named_parameters() if p.requires_grad and not name.startswith("projector.")]
+    groups = [
+        {"params": pretrained, "lr": config.lr * config.trunk_lr_scale, "base_lr": config.lr * config.trunk_lr_scale},
+        {"params": list(student.projector.parameters()), "lr": config.lr, "base_lr": config.lr},
+    ]
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov
+    )
+
+
+def resnet_state(student: PULStudent, with_fc: bool) -> dict[str, torch.Tensor]:
+    """The student's weights under torchvision ResNet50 key names (``conv1.*`` ... ``layer4.*``,
+    plus ``fc.*`` when ``with_fc``), contiguous CPU tensors."""
+    state = {}
+    for key, value in student.trunk.state_dict().items():
+        index, rest = key.split(".", 1)
+        state[f"{TRUNK_NAMES[int(index)]}.{rest}"] = value.detach().cpu().contiguous()
+    if with_fc:
+        for key, value in student.head.state_dict().items():
+            state[f"fc.{key}"] = value.detach().cpu().contiguous()
+    return state
