@@ -69,6 +69,8 @@ def test_wheel_installs_one_top_level_package(installed):
     assert tops == {"discovery"}
     for sub in ("eval", "app"):
         assert (site / "discovery" / sub / "__init__.py").is_file()
+    for init in (ROOT / "discovery").rglob("__init__.py"):  # every subpackage is listed in pyproject.toml
+        assert (site / init.relative_to(ROOT)).is_file(), init
     assert not (site / "bench").exists() and not (site / "tests").exists()
     proc = _run([str(venv / "bin" / "python"), "-c", "import discovery, discovery.eval.cli; print(discovery.__file__)"], work, env)
     assert proc.stdout.strip().startswith(str(site))
