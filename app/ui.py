@@ -152,6 +152,14 @@ def _summary(record: dict[str, Any]) -> str:
     )
 
 
+def _panel(caption: str, elem_id: str) -> gr.Image:
+    """An output picture shown whole: its caption above it rather than laid over it, and no
+    buttons over its corners (the result JSON is downloadable below)."""
+    with gr.Column(min_width=160):
+        gr.Markdown(f"**{caption}**")
+        return gr.Image(show_label=False, interactive=False, buttons=[], container=False, elem_id=elem_id)
+
+
 def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) -> gr.Blocks:
     """The app as a queued ``gr.Blocks`` (not launched; see :func:`launch_options`).
 
@@ -203,10 +211,10 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
                 run = gr.Button("Run", variant="primary", elem_id="run")
         status = gr.Markdown("", elem_id="status")
         with gr.Row(elem_id="outputs"):
-            box_image = gr.Image(label="LOST box (red) and seed (green)", interactive=False, elem_id="box-image")
-            degree_image = gr.Image(label="Inverse degree (hot: seed candidates)", interactive=False)
-            mask_image = gr.Image(label="Seed's component", interactive=False)
-            cam_image = gr.Image(label="CAM with its box (white)", interactive=False, elem_id="cam-image")
+            box_image = _panel("LOST box (red) and seed (green)", "box-image")
+            degree_image = _panel("Inverse degree (hot: seed candidates)", "degree-image")
+            mask_image = _panel("Seed's component", "mask-image")
+            cam_image = _panel("CAM with its box (white)", "cam-image")
         with gr.Row():
             result_json = gr.JSON(label="Result", elem_id="result-json", max_height=360)
             result_file = gr.File(label="Download JSON", interactive=False)

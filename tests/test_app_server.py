@@ -74,6 +74,13 @@ def _run(client, image, backbone="random", **kw):
     )
 
 
+def test_run_api_takes_an_image_alone(client, image_file):
+    """Every input but the image has a default, so scripts need not repeat the UI's settings."""
+    *_, record, _, status = client.predict(handle_file(str(image_file)), api_name="/run")
+    assert "error" not in record and record["k"] == 100 and record["stride"] == 16
+    assert len(record["lost"]["box"]) == 4 and "Done" in status
+
+
 def test_server_binds_loopback(server):
     assert server[0].startswith("http://127.0.0.1:")
 
@@ -194,6 +201,17 @@ def test_browser_example_runs_end_to_end(browser, server):
     status = page.inner_text("#status")
     assert "LOST box" in status and "error" not in status.lower()
     assert page.locator("#cam-image img").count() == 1
+    # Every output picture is shown whole: nothing laid over it, aspect ratio kept.
+    panels = page.evaluate("""() => ['box-image', 'degree-image', 'mask-image', 'cam-image'].map(id => {
+        const img = document.querySelector('#' + id + ' img'), r = img.getBoundingClientRect();
+        const inset = 3, xs = [r.left + inset, r.left + r.width / 2, r.right - inset];
+        const ys = [r.top + inset, r.top + r.height / 2, r.bottom - inset];
+        const covered = xs.flatMap(x => ys.map(y => document.elementFromPoint(x, y) !== img)).filter(Boolean).length;
+        return {ratio: r.width / r.height, natural: img.naturalWidth / img.naturalHeight, covered, fit: getComputedStyle(img).objectFit};
+    })""")
+    for panel in panels:
+        assert panel["covered"] == 0, panels
+        assert panel["fit"] in ("contain", "scale-down") or abs(panel["ratio"] - panel["natural"]) < 0.02, panels
     body = page.inner_text("body")
     assert "Traceback" not in body and "Error" not in body
     assert outside == []  # nothing is fetched from outside the app
