@@ -16,7 +16,7 @@ from .backbones import STRIDES
 from .images import ImageError
 from .weights import WeightsError, backbone_names
 
-COMMANDS = ("locate", "demo", "weights", "explain", "pul")
+COMMANDS = ("locate", "demo", "weights", "explain", "pul", "cad")
 
 # OSError covers missing, existing, unwritable and unreadable paths.
 USER_ERRORS = (WeightsError, ImageError, ValueError, OSError)

@@ -307,8 +307,9 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    """Read a training state with ``weights_only=True`` and check it belongs to this run.
+def load_state(path: Path, expected: dict[str, Any], state_format: str = STATE_FORMAT, what: str = "PUL") -> dict[str, Any]:
+    """Read a training state with ``weights_only=True`` and check it belongs to this run
+    (``state_format``: the ``format`` it must carry; ``what``: the trainer's name in messages).
 
     Raises:
         PULError: unreadable, or written for a different configuration (names the first difference).
@@ -317,9 +318,9 @@ def load_state(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PULError(f"{path}: not a readable PUL training state ({first})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise PULError(f"{path}: not a PUL training state")
+        raise PULError(f"{path}: not a readable {what} training state ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != state_format:
+        raise PULError(f"{path}: not a {what} training state")
     saved = state.get("config", {})
     for key in expected:
         if saved.get(key) != expected[key]:
