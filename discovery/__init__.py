@@ -7,6 +7,7 @@
 """
 
 from .backbones import Backbone, BackboneInfo, load_backbone
+from .detector import Detections, Detector
 from .images import ImageError
 from .localizer import Embedding, Localization, Localizer
 from .lost import LostResult, localize, localize_batch
@@ -17,6 +18,8 @@ __version__ = "0.2.0"
 __all__ = [
     "Backbone",
     "BackboneInfo",
+    "Detections",
+    "Detector",
     "Embedding",
     "ImageError",
     "Localization",

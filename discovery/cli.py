@@ -18,7 +18,7 @@ from .commands.harness import HARNESS
 from .images import ImageError
 from .weights import WeightsError, backbone_names
 
-COMMANDS = ("locate", "demo", "weights", "explain", "pul", "harness")
+COMMANDS = ("locate", "demo", "weights", "explain", "pul", "cad", "harness")
 
 # OSError covers missing, existing, unwritable and unreadable paths.
 USER_ERRORS = (WeightsError, ImageError, ValueError, OSError)

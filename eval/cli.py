@@ -46,7 +46,8 @@ def build_parser(prog: str = "python -m eval") -> argparse.ArgumentParser:
                    help="images per forward pass, same padded size only (default: 1 on CPU, 16 on GPU)")
     p.add_argument("--workers", type=int, default=None,
                    help="image-decoding processes, 0 decodes inline (default: 0 on <= 2 cores, else half the cores, at most 4)")
-    p.add_argument("--method", default="lost", choices=tuple(METHODS), help="box method (default lost)")
+    p.add_argument("--method", default="lost", metavar="METHOD",
+                   help=f"box method: {', '.join(METHODS)}, or cad:FILE, a `discovery cad train` detector (default lost)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="trunk precision: fp32 (default, the protocol) or bf16/fp16 autocast (GPU speed; boxes may change)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -3,12 +3,17 @@
 A method maps a :class:`~discovery.localizer.Localizer` and a batch of computed embeddings (same
 padded size) to one :class:`Proposal` per image, in original-image pixels. To add one, write such a
 function and add it to :data:`METHODS`; ``python -m eval run --method NAME`` then evaluates it.
+
+``cad:FILE`` is a trained detector (``discovery cad train``): it reads the embeddings' images, not
+their features (its attribute ``needs_features`` is ``False``, so the runner skips the trunk), and
+its proposals carry every box with its score besides the top one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from discovery.explain import Explainer
@@ -18,10 +23,13 @@ from discovery.localizer import Embedding, Localizer
 @dataclass(frozen=True)
 class Proposal:
     """One image's answer: ``box`` ``(x1, y1, x2, y2)`` float pixels of the original image
-    (right/bottom exclusive) and optionally a ``seed`` point ``(x, y)`` in pixels."""
+    (right/bottom exclusive; ``None``: nothing found) and optionally a ``seed`` point ``(x, y)`` in
+    pixels; a detector also gives all its ``boxes`` and their ``scores``, best first."""
 
-    box: tuple[float, float, float, float]
+    box: tuple[float, float, float, float] | None
     seed: tuple[float, float] | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    scores: tuple[float, ...] | None = None
 
 
 #: ``method(localizer, embeddings, k)`` → one proposal per embedding; ``k`` is LOST's candidate count.
@@ -43,9 +51,43 @@ def gradcam(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> li
 METHODS: MappingProxyType[str, Method] = MappingProxyType({"lost": lost, "gradcam": gradcam})
 
 
+CAD_PREFIX = "cad:"
+
+
+class DetectorMethod:
+    """``cad:FILE``: the detector's boxes on each image (LOST+CAD's protocol: CorLoc from the
+    top-scoring box). ``k`` is unused; the model loads on first use, on the localizer's device."""
+
+    needs_features = False
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._detector = None
+
+    @property
+    def detector(self):
+        return self._detector
+
+    def load(self, device) -> None:
+        from discovery.detector import Detector
+
+        if self._detector is None:
+            self._detector = Detector(self.path, device=device, max_side=None)
+
+    def __call__(self, localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> list[Proposal]:
+        self.load(localizer.backbone.device)
+        found = self._detector.detect([e.image.rgb for e in embeddings], [e.image.original_size for e in embeddings])
+        return [Proposal(d.box, None, d.boxes, d.scores) for d in found]
+
+
 def get_method(name: str) -> Method:
-    """The method called ``name``; ``ValueError`` (one line) for an unknown one."""
+    """The method called ``name`` (or ``cad:FILE``); ``ValueError`` (one line) for an unknown one."""
+    if name.startswith(CAD_PREFIX) and len(name) > len(CAD_PREFIX):
+        path = Path(name[len(CAD_PREFIX):]).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--method {name}: no detector file {path}")
+        return DetectorMethod(path)
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}") from None
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}, cad:FILE") from None

@@ -1,6 +1,7 @@
 """Prediction files: our crash-safe JSONL stream, and COCO-style results JSON from other methods.
 
-JSONL: one object per line, at least ``{"image_id": str, "box": [x1, y1, x2, y2]}``. Lines are
+JSONL: one object per line, at least ``{"image_id": str, "box": [x1, y1, x2, y2]}``; a detector's
+line adds ``"boxes": [[x1, y1, x2, y2], ...]`` and ``"scores": [...]`` (all its boxes). Lines are
 appended a batch at a time with one ``write``, then flushed and fsync'ed, so a process killed at any
 moment leaves at most one torn last line; :func:`load_records` drops it (and any other unreadable
 line) and, with ``repair=True``, rewrites the file so the next append starts on a clean line.
@@ -33,8 +34,19 @@ class LoadedRecords:
 def _valid(record) -> bool:
     if not isinstance(record, dict) or not isinstance(record.get("image_id"), str):
         return False
-    box = record.get("box")
-    return box is None or (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box))
+    if not (record.get("box") is None or _is_box(record["box"])):
+        return False
+    boxes, scores = record.get("boxes"), record.get("scores")
+    if boxes is None and scores is None:
+        return True
+    return (
+        isinstance(boxes, list) and isinstance(scores, list) and len(boxes) == len(scores)
+        and all(_is_box(b) for b in boxes) and all(isinstance(v, (int, float)) for v in scores)
+    )
+
+
+def _is_box(box) -> bool:
+    return isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
 
 
 def load_records(path: Path, repair: bool = False) -> LoadedRecords:
@@ -89,13 +101,19 @@ def write_records(path: Path, records: Iterable[dict]) -> None:
 # --- reading anyone's predictions for `eval score` ----------------------------------------------
 
 
+Detections = tuple[list[tuple[float, float, float, float]], list[float]]
+
+
 @dataclass(frozen=True)
 class Predictions:
-    """One box per image id (``x1, y1, x2, y2`` pixels); ``format`` is ``jsonl`` or ``coco``."""
+    """One box per image id (``x1, y1, x2, y2`` pixels, the top-scoring one for CorLoc); ``format``
+    is ``jsonl`` or ``coco``. ``detections``: image id → (all boxes, their scores) where the file
+    carries several scored boxes (COCO results, or JSONL lines with ``boxes`` + ``scores``)."""
 
     boxes: dict[str, tuple[float, float, float, float] | None]
     format: str
     dropped: int = 0
+    detections: dict[str, Detections] | None = None
 
 
 def read_predictions(path: Path) -> Predictions:
@@ -112,7 +130,11 @@ def read_predictions(path: Path) -> Predictions:
     if not loaded.records and loaded.dropped:
         raise PredictionsError(f"{path}: no readable prediction lines ({loaded.dropped} unreadable)")
     boxes = {k: (tuple(float(v) for v in r["box"]) if r.get("box") is not None else None) for k, r in loaded.records.items()}
-    return Predictions(boxes, "jsonl", loaded.dropped)
+    detections = {
+        k: ([tuple(float(v) for v in b) for b in r["boxes"]], [float(v) for v in r["scores"]])
+        for k, r in loaded.records.items() if r.get("boxes") is not None
+    }
+    return Predictions(boxes, "jsonl", loaded.dropped, detections or None)
 
 
 def _read_coco_results(path: Path) -> Predictions:
@@ -122,6 +144,7 @@ def _read_coco_results(path: Path) -> Predictions:
     except (ValueError, UnicodeDecodeError) as err:
         raise PredictionsError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
     best: dict[str, tuple[float, tuple[float, float, float, float]]] = {}
+    detections: dict[str, Detections] = {}
     for number, det in enumerate(results):
         try:
             image_id = str(det["image_id"])
@@ -133,4 +156,7 @@ def _read_coco_results(path: Path) -> Predictions:
             ) from None
         if image_id not in best or score > best[image_id][0]:
             best[image_id] = (score, (x, y, x + w, y + h))
-    return Predictions({k: v[1] for k, v in best.items()}, "coco")
+        boxes, scores = detections.setdefault(image_id, ([], []))
+        boxes.append((x, y, x + w, y + h))
+        scores.append(score)
+    return Predictions({k: v[1] for k, v in best.items()}, "coco", detections=detections)

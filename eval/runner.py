@@ -33,12 +33,13 @@ from tqdm import tqdm
 import discovery
 from discovery.distributed import DistContext, setup, teardown
 from discovery.files import write_text_atomic
-from discovery.localizer import Localizer
+from discovery.localizer import Embedding, Localizer
 
 from . import predictions as P
 from .datasets import Dataset, Item, open_dataset
+from .detection import detection_score
 from .loader import bucketed, decoded_stream
-from .methods import Proposal, get_method
+from .methods import Method, Proposal, get_method
 from .metrics import best_iou, corloc
 from .scoring import dataset_summary
 
@@ -96,9 +97,22 @@ def git_revision() -> str:
         return "unknown"
 
 
-def run_config(opts: RunOptions, dataset: Dataset, localizer: Localizer) -> dict:
+def needs_features(method: Method) -> bool:
+    """Whether ``method`` reads trunk features (a detector reads only the images)."""
+    return getattr(method, "needs_features", True)
+
+
+def localizer_backbone(opts: RunOptions, method: Method) -> str:
+    """The backbone the runner loads: ``--backbone``, or for a method that needs no features the
+    seeded ``random`` one, used only for decoding and padding (never run, needs no file)."""
+    return opts.backbone if needs_features(method) else "random"
+
+
+def run_config(opts: RunOptions, dataset: Dataset, localizer: Localizer, method: Method | None = None) -> dict:
     """The settings that decide the boxes; a run folder holds one config."""
     info = localizer.backbone.info
+    detector = getattr(method, "detector", None)
+    extra = {"detector_sha256": detector.sha256, "detector_base": detector.metadata["base"]["name"]} if detector else {}
     return {
         "dataset": dataset.name,
         "split": dataset.split,
@@ -111,6 +125,7 @@ def run_config(opts: RunOptions, dataset: Dataset, localizer: Localizer) -> dict
         "stride": localizer.stride,
         "k": opts.k,
         "precision": localizer.precision,
+        **extra,
     }
 
 
@@ -159,16 +174,21 @@ def collect_leftovers(out: Path) -> dict[str, dict]:
 
 def make_record(item: Item, proposal: Proposal) -> dict:
     """The JSONL line for one image; ``correct`` and ``iou`` are computed from the rounded box
-    that is written, so re-scoring the file gives the same CorLoc."""
-    box = [round(float(v), 2) for v in proposal.box]
+    that is written, so re-scoring the file gives the same CorLoc. A detector's line also holds
+    all its ``boxes`` and ``scores`` (best first; ``box`` is the first)."""
+    box = None if proposal.box is None else [round(float(v), 2) for v in proposal.box]
     best = best_iou(box, item.boxes)
-    return {
+    record = {
         "image_id": item.image_id,
         "box": box,
         "seed": None if proposal.seed is None else [round(float(v), 2) for v in proposal.seed],
         "correct": best >= 0.5,
         "iou": round(best, 4),
     }
+    if proposal.boxes is not None:
+        record["boxes"] = [[round(float(v), 2) for v in b] for b in proposal.boxes]
+        record["scores"] = [round(float(v), 4) for v in proposal.scores]
+    return record
 
 
 def default_batch_size(device: str) -> int:
@@ -201,7 +221,7 @@ def run(opts: RunOptions) -> dict | None:
         raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {opts.workers}")
-    get_method(opts.method)
+    get_method(opts.method)  # a bad name fails before any process group is joined
     ctx = setup(opts.device)
     try:
         return _run(opts, ctx)
@@ -209,14 +229,16 @@ def run(opts: RunOptions) -> dict | None:
         teardown(ctx)
 
 
-def _start(opts: RunOptions, ctx: DistContext) -> tuple[dict, Localizer | None]:
+def _start(opts: RunOptions, ctx: DistContext, method: Method) -> tuple[dict, Localizer | None]:
     """Rank 0's start: dataset, backbone, config, leftovers. Returns the payload for every rank."""
     dataset = open_dataset(opts.dataset, opts.root, opts.no_hard, opts.image_list, opts.skip_bad)
+    if not needs_features(method):
+        method.load(ctx.device)
     localizer = Localizer(
-        opts.backbone, device=ctx.device, stride=opts.stride, max_side=None, weights_dir=opts.weights_dir,
+        localizer_backbone(opts, method), device=ctx.device, stride=opts.stride, max_side=None, weights_dir=opts.weights_dir,
         precision=opts.precision,
     )
-    config = run_config(opts, dataset, localizer)
+    config = run_config(opts, dataset, localizer, method)
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} exists and is not a directory")
@@ -231,9 +253,10 @@ def _start(opts: RunOptions, ctx: DistContext) -> tuple[dict, Localizer | None]:
 def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
     started = time.perf_counter()
     state, localizer, error = None, None, None
+    method = get_method(opts.method)
     if ctx.is_main:
         try:
-            state, localizer = _start(opts, ctx)
+            state, localizer = _start(opts, ctx, method)
         except Exception as err:  # every rank must hear about it, or they wait forever
             if not ctx.active:
                 raise
@@ -249,12 +272,12 @@ def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
     config, todo = shared["config"], shared["todo"]
     if localizer is None:  # other ranks load the weights rank 0 verified (no concurrent downloads)
         localizer = Localizer(
-            opts.backbone, device=ctx.device, stride=opts.stride, max_side=None,
+            localizer_backbone(opts, method), device=ctx.device, stride=opts.stride, max_side=None,
             weights_dir=opts.weights_dir, download=False, precision=opts.precision,
         )
         if localizer.backbone.info.sha256 != config["weights_sha256"]:
             raise RunError(f"rank {ctx.rank} loaded other weights than rank 0 ({localizer.backbone.info.sha256[:12]})")
-    if ctx.is_main and localizer.backbone.info.is_random:
+    if ctx.is_main and localizer.backbone.info.is_random and needs_features(method):
         print("note: backbone 'random' is a pipeline check, not a model", file=sys.stderr)
 
     out = Path(opts.out)
@@ -265,7 +288,6 @@ def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
     seen, hits = len(prior), sum(bool(r.get("correct")) for r in prior)
     mine: list[dict] = []
     skipped: list[tuple[str, str]] = []
-    method = get_method(opts.method)
     backbone = localizer.backbone
     loop_start = time.perf_counter()
     bar = tqdm(
@@ -281,7 +303,11 @@ def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
                     raise RunError(f"{bad.error} (use --skip-bad to leave such images out)")
                 skipped.append((bad.item.image_id, bad.error))
             if good:
-                proposals = method(localizer, localizer.embed_batch([d.image for d in good]), opts.k)
+                if needs_features(method):
+                    embeddings = localizer.embed_batch([d.image for d in good])
+                else:
+                    embeddings = [Embedding(d.image, torch.empty(0)) for d in good]
+                proposals = method(localizer, embeddings, opts.k)
                 records = [make_record(d.item, p) for d, p in zip(good, proposals)]
                 P.append_records(fh, records)
                 mine.extend(records)
@@ -335,6 +361,7 @@ def _finish(
         "stride": config["stride"],
         "k": config["k"],
         "precision": config["precision"],
+        **{key: config[key] for key in ("detector_sha256", "detector_base") if key in config},
         **dataset_summary(dataset),
         "limit": opts.limit,
         "skipped_images": len(skipped),
@@ -352,6 +379,9 @@ def _finish(
         "images_per_s": round(processed / loop_time, 3) if loop_time > 0 and processed else 0.0,
         "predictions": str(out / PREDICTIONS),
     }
+    detections = {k: (r["boxes"], r["scores"]) for k, r in records.items() if "boxes" in r}
+    if detections:
+        summary.update(detection_score(evaluated, detections).to_json())
     if skipped:
         summary["skipped_examples"] = [reason for _, reason in skipped[:5]]
     write_text_atomic(out / RESULTS, P.dumps(summary) + "\n")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .datasets import Dataset
+from .detection import detection_score
 from .metrics import Box, corloc
 from .predictions import read_predictions
 
@@ -52,11 +53,15 @@ def dataset_summary(dataset: Dataset) -> dict:
 def score_file(dataset: Dataset, predictions: Path) -> dict:
     """Score a predictions file (our JSONL or COCO results JSON) on ``dataset``; an image without
     a prediction is a miss. Returns a JSON-ready summary with ``corloc`` (percent), ``correct``,
-    ``total``, ``missing``, ``unknown_ids`` and the dataset fields."""
+    ``total``, ``missing``, ``unknown_ids`` and the dataset fields; with several scored boxes per
+    image also the class-agnostic ``ap50`` / ``ap`` (:mod:`eval.detection`)."""
     preds = read_predictions(predictions)
     boxes, unknown = match_ids(dataset, preds.boxes)
     result = corloc(dataset.items, boxes)
-    return {
+    detections = {}
+    if preds.detections:
+        detections, _ = match_ids(dataset, preds.detections)
+    summary = {
         "corloc": round(result.value, 4),
         "correct": result.correct,
         "total": result.total,
@@ -67,3 +72,6 @@ def score_file(dataset: Dataset, predictions: Path) -> dict:
         "format": preds.format,
         **dataset_summary(dataset),
     }
+    if detections:
+        summary.update(detection_score(dataset.items, detections).to_json())
+    return summary

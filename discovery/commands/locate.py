@@ -1,4 +1,5 @@
-"""``discovery locate IMAGE...``: one JSON line per image, optional overlay PNGs."""
+"""``discovery locate IMAGE...``: one JSON line per image, optional overlay PNGs; with
+``--detector FILE`` the boxes and scores of a trained detector (``discovery cad train``) instead."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=100, help="LOST expansion candidates (default 100)")
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="shrink larger images to this side first (0: never)")
     p.add_argument("--overlay-dir", type=Path, default=None, help="write <name>_lost.png overlays here")
+    p.add_argument("--detector", type=Path, default=None, metavar="FILE",
+                   help="print the boxes and scores of this detector (`discovery cad train`) instead of LOST's box")
+    p.add_argument("--top-k", type=int, default=5, help="with --detector: boxes per image (default 5)")
     p.set_defaults(run=run)
 
 
@@ -38,7 +42,23 @@ def unique_path(directory: Path, stem: str, suffix: str, taken: set[Path]) -> Pa
     return path
 
 
+def run_detector(args: argparse.Namespace) -> int:
+    from ..detector import Detector
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.overlay_dir:
+        raise ValueError("--overlay-dir draws LOST's panels; it does not apply with --detector")
+    detector = Detector(args.detector, device=args.device, max_side=args.max_side or None)
+    loop = ImageLoop(args.images, lambda image: detector(image, top_k=args.top_k))
+    for image, found in loop:
+        print(json.dumps({"image": image, **found.to_json(), "detector_sha256": detector.sha256}), flush=True)
+    return loop.exit_code
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.detector is not None:
+        return run_detector(args)
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
     localizer = Localizer(

@@ -27,7 +27,7 @@ Modules: :mod:`.config` (options), :mod:`.data` (image lists, labels, batches), 
 """
 
 from ..splits import DATASETS
-from .checkpoint import state_path
+from ..trainstate import state_path
 from .config import PULConfig, PULResult
 from .data import PULError
 from .dynamics import plot_dynamics, read_dynamics

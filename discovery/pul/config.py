@@ -8,7 +8,7 @@ from typing import Any
 
 from ..distributed import DistContext
 from ..splits import DATASETS
-from .checkpoint import state_path
+from ..trainstate import state_path
 from .data import PULError
 
 # Config fields that change the trained weights: a resume file must agree on all of them.

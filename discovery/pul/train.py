@@ -18,16 +18,15 @@ from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
 from ..distributed import DistContext, from_env, join, teardown
-from .checkpoint import (
-    STATE_FORMAT,
+from ..trainstate import (
     load_state,
-    metadata,
     rng_state,
     save_checkpoint,
     save_state,
     set_rng_state,
     state_path,
 )
+from .checkpoint import STATE_FORMAT, metadata
 from .config import PULConfig, PULResult, validate
 from .data import (
     BatchList,
@@ -190,7 +189,7 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
     total_steps = spe * config.epochs
     step = 0
     if config.resume:
-        saved = load_state(state_file, expected)
+        saved = load_state(state_file, expected, STATE_FORMAT, "PUL")
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])

@@ -1,0 +1,273 @@
+"""A class-agnostic Faster R-CNN (ResNet50-C4) built from torchvision parts, and the ``Detector`` API.
+
+Layout (LOST+CAD's, Detectron2's ``Res5ROIHeads``): the RPN and RoIAlign read layer3 (stride 16,
+1024 channels); each 14x14 RoI goes through layer4 (its first block halves it to 7x7), is averaged
+to a 2048-d vector and scored for one class, "object". torchvision's ``FasterRCNN`` accepts any
+backbone with ``out_channels`` and any ``box_head`` module, so the C4 head is layer4 itself; no FPN
+is needed. docs/cad.md explains the choice.
+
+Images go in as RGB float ``(3, H, W)`` in [0, 1]; torchvision's ``GeneralizedRCNNTransform``
+normalises them with the base backbone's mean/std and resizes them so the short side is
+``min_size`` (a random choice among ``min_size`` in training, ``min_size_test`` at inference) and
+the long side at most ``max_size``; boxes come back in the input image's pixels.
+
+Checkpoints are safetensors (torchvision ``FasterRCNN`` key names) with JSON metadata under the
+header key ``discovery`` (``format`` :data:`FORMAT`), read without executing code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import weights as W
+from .backbones import check_device
+from .images import ImageInput, decode
+
+FORMAT = "discovery-cad/1"
+TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+NORMS = ("frozen", "sync")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The architecture and its pre/post-processing; stored in every checkpoint.
+
+    Defaults are LOST+CAD's VOC07 config (Detectron2 C4, ``RN50_DINO_FRCNN_VOC07_CAD.yaml``).
+
+    Attributes:
+        min_size: training short sides in pixels (one drawn per batch); min_size_test: at inference.
+        max_size: cap of the long side in pixels.
+        anchor_sizes, aspect_ratios: the RPN anchors on the stride-16 map (pixels, height/width).
+        roi_size: RoIAlign output side (layer4 halves it).
+        rpn_batch, roi_batch: sampled anchors / RoIs per image for the losses.
+        proposals_train, proposals_test: RPN proposals kept after NMS per image;
+        pre_nms_train, pre_nms_test: before NMS.
+        score_thresh, nms_thresh, detections: the final boxes' score floor, NMS IoU, count per image.
+        norm: ``frozen`` (every BatchNorm a fixed affine map) or ``sync`` (trainable stages use batch
+            statistics, SyncBatchNorm under torchrun on CUDA, as the reference).
+        freeze_at: stages not trained: 0 none, 1 stem, 2 stem+layer1 (the reference), ... 5 all of the trunk.
+    """
+
+    min_size: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+    min_size_test: int = 800
+    max_size: int = 1333
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    roi_size: int = 14
+    rpn_batch: int = 256
+    roi_batch: int = 512
+    pre_nms_train: int = 12000
+    proposals_train: int = 2000
+    pre_nms_test: int = 6000
+    proposals_test: int = 1000
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.4
+    detections: int = 100
+    norm: str = "frozen"
+    freeze_at: int = 2
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if not 0 <= self.freeze_at <= 5:
+            raise ValueError(f"freeze_at must be 0..5, got {self.freeze_at}")
+        if not self.min_size or min(self.min_size) < 32 or self.min_size_test < 32:
+            raise ValueError("image sizes must be at least 32 pixels")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DetectorConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown detector settings {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    """``module`` with every ``BatchNorm2d`` replaced by a ``FrozenBatchNorm2d`` holding its statistics."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, module.eps)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(frozen, name).copy_(getattr(module, name).detach())
+        return frozen
+    for name, child in module.named_children():
+        setattr(module, name, _frozen(child))
+    return module
+
+
+class C4Trunk(nn.Sequential):
+    """conv1 .. layer3 of a ResNet50: ``(B, 3, H, W)`` → ``(B, 1024, H/16, W/16)``."""
+
+    out_channels = 1024
+
+
+def build_model(trunk: nn.Sequential, mean: Sequence[float], std: Sequence[float], config: DetectorConfig) -> nn.Module:
+    """A torchvision ``FasterRCNN`` (2 classes: background, object) around a ResNet50 ``trunk``
+    (``nn.Sequential`` of conv1, bn1, relu, maxpool, layer1..layer4, not dilated; it is consumed).
+
+    Frozen stages (``config.freeze_at``) get ``requires_grad=False`` and frozen BatchNorm; with
+    ``norm="frozen"`` every BatchNorm is frozen.
+    """
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if len(trunk) != len(TRUNK_NAMES):
+        raise ValueError(f"expected a ResNet50 trunk of {len(TRUNK_NAMES)} parts, got {len(trunk)}")
+    parts = list(trunk.children())
+    # stage s of freeze_at: 1 = stem (conv1, bn1), 2..5 = layer1..layer4
+    stage_of = [1, 1, 1, 1, 2, 3, 4, 5]
+    for part, stage in zip(parts, stage_of):
+        if stage <= config.freeze_at or config.norm == "frozen":
+            _frozen(part)
+        if stage <= config.freeze_at:
+            part.requires_grad_(False)
+        else:
+            part.requires_grad_(True)
+    body = C4Trunk(*parts[:7])
+    head = nn.Sequential(parts[7], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    anchors = AnchorGenerator(sizes=(tuple(config.anchor_sizes),), aspect_ratios=(tuple(config.aspect_ratios),))
+    return FasterRCNN(
+        body,
+        min_size=tuple(config.min_size), max_size=config.max_size,
+        image_mean=list(mean), image_std=list(std),
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=config.pre_nms_train, rpn_post_nms_top_n_train=config.proposals_train,
+        rpn_pre_nms_top_n_test=config.pre_nms_test, rpn_post_nms_top_n_test=config.proposals_test,
+        rpn_batch_size_per_image=config.rpn_batch,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=config.roi_size, sampling_ratio=0),
+        box_head=head,
+        box_predictor=FastRCNNPredictor(2048, 2),
+        box_score_thresh=config.score_thresh, box_nms_thresh=config.nms_thresh,
+        box_detections_per_img=config.detections, box_batch_size_per_image=config.roi_batch,
+    )
+
+
+def set_test_size(model: nn.Module, config: DetectorConfig) -> None:
+    """Make the model's transform resize to ``min_size_test`` (torchvision uses ``min_size[-1]`` in eval)."""
+    model.transform.min_size = (config.min_size_test,)
+
+
+def bare_trunk() -> nn.Sequential:
+    """An uninitialised ResNet50 trunk (the shapes a checkpoint is loaded into)."""
+    from torchvision.models import resnet50
+
+    net = resnet50(weights=None)
+    return nn.Sequential(*(getattr(net, name) for name in TRUNK_NAMES))
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights and buffers as contiguous CPU tensors (DDP's ``module.`` prefix removed)."""
+    model = getattr(model, "module", model)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class Detections:
+    """A detector's boxes for one image, best first.
+
+    Attributes:
+        boxes: ``((x1, y1, x2, y2), ...)`` float pixels of the original image, right/bottom exclusive.
+        scores: the "object" probability of each box, descending.
+        image_size: ``(H, W)`` of the original image.
+    """
+
+    boxes: tuple[tuple[float, float, float, float], ...]
+    scores: tuple[float, ...]
+    image_size: tuple[int, int]
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        """The top-scoring box (LOST+CAD's single-object answer), ``None`` without detections."""
+        return self.boxes[0] if self.boxes else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "boxes": [[round(v, 2) for v in b] for b in self.boxes],
+            "scores": [round(s, 4) for s in self.scores],
+        }
+
+
+class Detector:
+    """A trained class-agnostic detector (a ``discovery cad train`` checkpoint).
+
+    Args:
+        path: the ``.safetensors`` file.
+        device: where it runs.
+        max_side: images larger than this are shrunk before the model sees them (the transform
+            resizes to ``min_size_test`` anyway); boxes are mapped back to original pixels.
+
+    Raises:
+        discovery.weights.WeightsError: unreadable file, or not a detector checkpoint (one line).
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", max_side: int | None = 1333):
+        path = Path(path).expanduser()
+        tensors, meta = W.load_file(path)
+        if meta.get("format") != FORMAT:
+            raise W.WeightsError(f"{path}: not a detector checkpoint (made by `discovery cad train`)")
+        try:
+            self.config = DetectorConfig.from_json(meta["detector"])
+            mean, std = meta["base"]["mean"], meta["base"]["std"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise W.WeightsError(f"{path}: malformed detector metadata ({err})") from None
+        model = build_model(bare_trunk(), mean, std, self.config)
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise W.WeightsError(f"{path}: weights do not fit the detector ({str(err).splitlines()[0]})") from None
+        set_test_size(model, self.config)
+        self.device = check_device(device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.metadata = meta
+        self.path = path
+        self.sha256 = W.sha256_file(path)
+        self.max_side = max_side
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None = None,
+               top_k: int | None = None) -> list[Detections]:
+        """Detect in RGB uint8 ``(H, W, 3)`` arrays, one forward pass for all.
+
+        ``original_sizes``: ``(H0, W0)`` per image when the arrays were shrunk from larger
+        originals (boxes are scaled back); ``top_k``: keep at most this many boxes per image.
+        """
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        tensors = [torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1).float().div_(255) for rgb in images]
+        outputs = self.model(tensors)
+        results = []
+        for i, (rgb, out) in enumerate(zip(images, outputs)):
+            height, width = rgb.shape[:2]
+            size = tuple(original_sizes[i]) if original_sizes is not None else (height, width)
+            scale = torch.tensor([size[1] / width, size[0] / height] * 2)
+            boxes = out["boxes"].float().cpu() * scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size[1])
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size[0])
+            scores = out["scores"].float().cpu()
+            order = torch.argsort(scores, descending=True, stable=True)[:top_k]
+            results.append(Detections(
+                tuple(tuple(float(v) for v in boxes[j]) for j in order.tolist()),
+                tuple(float(scores[j]) for j in order.tolist()),
+                (int(size[0]), int(size[1])),
+            ))
+        return results
+
+    def __call__(self, image: ImageInput, top_k: int | None = None) -> Detections:
+        """Boxes and scores for one image (a path, PIL image, uint8 array or float tensor)."""
+        rgb, original = decode(image, self.max_side)
+        return self.detect([rgb], [original], top_k)[0]

@@ -1,0 +1,197 @@
+"""LOST+CAD on synthetic data: pseudo-boxes of an `eval run` → `discovery cad train` → Detector,
+`locate --detector`, `eval run --method cad:FILE` (CorLoc + AP50), `eval score` of multi-box files,
+resume after a stop and after SIGKILL, safe checkpoint loading.
+
+CPU budget: tiny images, a frozen trunk (``--freeze-at 5``: only the RPN head and the box
+predictor train), a few RoIs per image, 2-3 iterations. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from discovery import Detector
+from discovery import weights as W
+from discovery.cli import main as discovery_main
+from discovery.pul import state_path
+from eval.cli import main as eval_main
+from eval.datasets import open_dataset
+from eval.detection import detection_score
+from eval.synth import make_synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["--min-size", "64", "--min-size-test", "64", "--max-size", "128", "--anchor-sizes", "16,32,64",
+         "--roi-size", "4", "--rpn-batch", "32", "--roi-batch", "8", "--proposals", "100,20,100,10",
+         "--freeze-at", "5", "--batch-size", "2", "--lr", "0.001", "--warmup", "1", "--workers", "0", "--no-progress"]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}, json.loads(fh.metadata()["discovery"])
+
+
+@pytest.fixture(scope="module")
+def lost_run(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic VOC07 (6 images, 1-3 objects each) and LOST's boxes on it (random backbone)."""
+    base = tmp_path_factory.mktemp("cad")
+    made = make_synthetic(base / "data", n=6, seed=0)
+    run = base / "lost"
+    rc = eval_main(["run", "--dataset", "voc07", "--root", str(made.out), "--backbone", "random",
+                    "--out", str(run), "--no-progress", "--workers", "0"])
+    assert rc == 0
+    return {"base": base, "root": made.out, "run": run}
+
+
+@pytest.fixture(scope="module")
+def trained(lost_run) -> Path:
+    out = lost_run["base"] / "det.safetensors"
+    rc = discovery_main(["cad", "train", "--run", str(lost_run["run"]), "--base", "random", "--out", str(out),
+                         "--iterations", "3", *SMALL])
+    assert rc == 0
+    return out
+
+
+def test_checkpoint_carries_its_provenance_and_loads_as_a_detector(lost_run, trained):
+    tensors, meta = read_checkpoint(trained)
+    assert meta["format"] == "discovery-cad/1" and meta["steps"] == meta["iterations"] == 3
+    config_bytes = (lost_run["run"] / "config.json").read_bytes()
+    assert meta["pseudo_boxes"]["run_config"] == json.loads(config_bytes)
+    assert meta["pseudo_boxes"]["run_config_sha256"] == W.sha256_file(lost_run["run"] / "config.json")
+    assert meta["base"]["name"] == "random" and meta["base"]["sha256"] == "random-seed0" and meta["seed"] == 0
+    assert any(k.startswith("roi_heads.box_head.0.") for k in tensors)  # layer4 is the C4 RoI head
+    detector = Detector(trained, device="cpu")
+    image = next((lost_run["root"] / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))
+    found = detector(image, top_k=3)
+    assert len(found.boxes) == len(found.scores) <= 3
+    assert list(found.scores) == sorted(found.scores, reverse=True)
+    height, width = found.image_size
+    for x1, y1, x2, y2 in found.boxes:
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+
+
+def test_locate_eval_run_and_score_with_the_detector(lost_run, trained, capsys):
+    image = sorted((lost_run["root"] / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[0]
+    assert discovery_main(["locate", str(image), "--detector", str(trained), "--top-k", "2"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(line) >= {"image", "boxes", "scores", "detector_sha256"} and len(line["boxes"]) <= 2
+
+    out = lost_run["base"] / "cad_run"
+    rc = eval_main(["run", "--dataset", "voc07", "--root", str(lost_run["root"]), "--method", f"cad:{trained}",
+                    "--out", str(out), "--no-progress", "--workers", "0"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"corloc", "ap50", "ap", "detector_sha256"} <= set(results)
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["box"] == (r["boxes"][0] if r["boxes"] else None) for r in records)
+    capsys.readouterr()
+    assert eval_main(["score", "--dataset", "voc07", "--root", str(lost_run["root"]),
+                      "--predictions", str(out / "predictions.jsonl")]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["corloc"] == results["corloc"] and scored["ap50"] == results["ap50"]
+
+
+def test_ap50_of_multi_box_files_from_both_formats(lost_run, tmp_path, capsys):
+    dataset = open_dataset("voc07", lost_run["root"])
+    perfect = {it.image_id: (it.boxes.tolist(), [0.9] * len(it.boxes)) for it in dataset.items}
+    assert detection_score(dataset.items, perfect).ap50 == pytest.approx(100.0)
+    first_only = {k: (b[:1], s[:1]) for k, (b, s) in perfect.items()}
+    assert detection_score(dataset.items, first_only).ap50 < 100.0
+    coco = [{"image_id": k, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
+            for k, (b, ss) in perfect.items() for (x1, y1, x2, y2), s in zip(b, ss)]
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    assert eval_main(["score", "--dataset", "voc07", "--root", str(lost_run["root"]), "--predictions", str(path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ap50"] == pytest.approx(100.0) and summary["corloc"] == 100.0
+
+
+def test_resume_after_stop_and_after_sigkill_equals_an_uninterrupted_run(lost_run, trained, capsys):
+    parts = lost_run["base"] / "parts.safetensors"
+    common = ["cad", "train", "--run", str(lost_run["run"]), "--base", "random", "--iterations", "3", *SMALL]
+    assert discovery_main([*common, "--out", str(parts), "--stop-after", "1"]) == 0
+    assert not parts.exists() and torch.load(state_path(parts), weights_only=True)["step"] == 1
+    assert discovery_main([*common, "--out", str(parts), "--resume"]) == 0
+    a, meta_a = read_checkpoint(trained)
+    b, meta_b = read_checkpoint(parts)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert meta_a == meta_b and not state_path(parts).exists()
+
+    killed = lost_run["base"] / "killed.safetensors"
+    args = [*common, "--out", str(killed), "--checkpoint-every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "discovery", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not state_path(killed).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    assert not killed.exists() and 1 <= torch.load(state_path(killed), weights_only=True)["step"] < 3
+    assert discovery_main([*args, "--resume"]) == 0
+    c, meta_c = read_checkpoint(killed)
+    assert all(torch.equal(a[k], c[k]) for k in a) and meta_c == meta_a
+
+
+def test_unsafe_or_foreign_checkpoints_are_refused_without_running_code(tmp_path, trained, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    pickled = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, pickled)
+    with pytest.raises(W.WeightsError, match="refused|not a readable"):
+        Detector(pickled)
+    assert not (tmp_path / "pwned").exists()
+    foreign = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"discovery": json.dumps({"format": "discovery-pul/1"})})
+    with pytest.raises(W.WeightsError, match="not a detector checkpoint"):
+        Detector(foreign)
+    tensors, meta = read_checkpoint(trained)
+    broken = tmp_path / "broken.safetensors"
+    save_file({k: v for k, v in list(tensors.items())[1:]}, str(broken), metadata={"discovery": json.dumps(meta)})
+    assert discovery_main(["locate", str(foreign), "--detector", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "do not fit" in err
+
+
+def test_bad_inputs_give_one_error_line(lost_run, tmp_path, capsys):
+    cases = [
+        (["--run", str(tmp_path), "--base", "random", "--out", str(tmp_path / "x.safetensors")], "not an `eval run` folder"),
+        (["--run", str(lost_run["run"]), "--base", "random", "--out", str(tmp_path / "x.pt")], ".safetensors"),
+        (["--run", str(lost_run["run"]), "--base", "random", "--out", str(tmp_path / "x.safetensors"), "--resume"], "nothing to resume"),
+        (["--run", str(lost_run["run"]), "--base", "random", "--out", str(tmp_path / "x.safetensors"), "--norm", "frozen",
+          "--freeze-at", "9"], "freeze_at"),
+    ]
+    for args, needle in cases:
+        assert discovery_main(["cad", "train", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert eval_main(["run", "--dataset", "voc07", "--root", str(lost_run["root"]), "--method", "cad:/nope.safetensors",
+                      "--out", str(tmp_path / "r")]) == 2
+    assert "no detector file" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_training_speed(lost_run, tmp_path, capsys):
+    out = tmp_path / "gpu.safetensors"
+    args = ["cad", "train", "--run", str(lost_run["run"]), "--base", "random", "--out", str(out), "--device", "cuda",
+            "--iterations", "20", "--batch-size", "4", "--min-size", "480,512", "--min-size-test", "512",
+            "--lr", "0.001", "--warmup", "5", "--workers", "2", "--no-progress"]
+    started = time.perf_counter()
+    assert discovery_main(args) == 0
+    err = capsys.readouterr().err
+    print(err.strip().splitlines()[-1], f"(wall {time.perf_counter() - started:.1f} s)")
+    assert "images/s" in err and Detector(out, device="cuda")(np.zeros((64, 64, 3), np.uint8)).image_size == (64, 64)
