@@ -211,7 +211,9 @@ def test_browser_example_runs_end_to_end(browser, server):
     assert page.locator("#cam-image img").count() == 1
     # Every output picture is shown whole: nothing laid over it, aspect ratio kept.
     panels = page.evaluate("""() => ['box-image', 'degree-image', 'mask-image', 'cam-image'].map(id => {
-        const img = document.querySelector('#' + id + ' img'), r = img.getBoundingClientRect();
+        const img = document.querySelector('#' + id + ' img');
+        img.scrollIntoView({block: 'center'});  // the detector controls made the page taller than the viewport
+        const r = img.getBoundingClientRect();
         const inset = 3, xs = [r.left + inset, r.left + r.width / 2, r.right - inset];
         const ys = [r.top + inset, r.top + r.height / 2, r.bottom - inset];
         const covered = xs.flatMap(x => ys.map(y => document.elementFromPoint(x, y) !== img)).filter(Boolean).length;
