@@ -1,7 +1,9 @@
 """The app's engine, free of Gradio: cached backbones, one forward pass for LOST and Grad-CAM, panels.
 
 :class:`Engine` keeps loaded models in a small LRU cache keyed by ``(backbone, stride)`` and turns
-one image into an :class:`Analysis` (four RGB panels and a JSON-able record). It raises the
+one image into an :class:`Analysis` (four RGB panels, a fifth with a detector's boxes and scores
+when a ``discovery cad train`` checkpoint is given, and a JSON-able record). Detectors are cached
+by file too. It raises the
 library's one-line errors (:class:`~discovery.weights.WeightsError`,
 :class:`~discovery.images.ImageError`, :class:`ValueError`) for user mistakes; the UI shows them.
 """
@@ -21,6 +23,7 @@ import torch
 from discovery import viz
 from discovery import weights as W
 from discovery.backbones import STRIDES, Backbone, load_backbone
+from discovery.detector import Detections, Detector
 from discovery.explain import Explainer
 from discovery.images import ImageInput, PreparedImage
 from discovery.localizer import DEFAULT_MAX_SIDE, Localizer
@@ -31,6 +34,9 @@ CAM_METHODS = ("gradcam", "eigencam")
 MAX_GRID = 64
 """Longest side of the feature grid: bounds LOST's N×N affinity (N ≤ 4096, 64 MiB float32)."""
 CAM_BOX_COLOR = (255, 255, 255)
+DETECTOR_COLOR = (255, 200, 0)
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 100
 
 
 def backbone_name(choice: str, checkpoint: str = "") -> str:
@@ -72,8 +78,10 @@ class Analysis:
         degree_image: inverse degree heat map (hot = low degree = where the seed comes from).
         mask_image: the seed's component tinted, the rest dimmed.
         cam_image: the CAM heat map with the CAM box (white).
+        detector_image: a detector's boxes with their scores, ``None`` when no detector was given.
         record: JSON-able dict: boxes ``[x1, y1, x2, y2]`` in original pixels (right/bottom
-            exclusive), seed ``[x, y]`` pixels, CAM target and probability, timings in ms.
+            exclusive), seed ``[x, y]`` pixels, CAM target and probability, timings in ms; with a
+            detector, ``detector: {boxes, scores, sha256, path, top_k}`` (boxes best first).
     All panels are at the resolution the network saw (``max_side`` bounded), boxes in original pixels.
     """
 
@@ -81,6 +89,7 @@ class Analysis:
     degree_image: np.ndarray
     mask_image: np.ndarray
     cam_image: np.ndarray
+    detector_image: np.ndarray | None
     record: dict[str, Any]
 
 
@@ -93,7 +102,8 @@ class Engine:
         download: fetch missing registry weights on first use (off: the app does no network I/O).
         max_side: longest image side fed to the network (further capped at ``64 × stride`` so the
             affinity matrix stays ≤ 4096²); boxes are reported in original pixels regardless.
-        cache_size: how many ``(backbone, stride)`` models stay loaded (~100 MB each).
+        cache_size: how many ``(backbone, stride)`` models stay loaded (~100 MB each), and how
+            many detectors (~130 MB each).
     """
 
     def __init__(
@@ -112,6 +122,7 @@ class Engine:
         self.max_side = max_side
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], Explainer] = OrderedDict()
+        self._detectors: OrderedDict[tuple[str, int, int], Detector] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def max_side_for(self, stride: int) -> int:
@@ -155,6 +166,27 @@ class Engine:
             )
             return self._insert(key, backbone), True
 
+    def detector(self, path: str | Path) -> tuple[Detector, bool]:
+        """The cached :class:`~discovery.detector.Detector` of the checkpoint at ``path``;
+        ``(detector, loaded_now)``. A file rewritten in place is loaded again.
+
+        Raises ValueError (no such file) or WeightsError (not a detector checkpoint), one line.
+        """
+        path = Path(str(path).strip()).expanduser()
+        if not path.is_file():
+            raise ValueError(f"detector {path}: no such file (a `discovery cad train` checkpoint)")
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        with self._cache_lock:
+            if key in self._detectors:
+                self._detectors.move_to_end(key)
+                return self._detectors[key], False
+            detector = Detector(path, device=self.device, max_side=self.max_side)
+            self._detectors[key] = detector
+            while len(self._detectors) > self.cache_size:
+                self._detectors.popitem(last=False)
+            return detector, True
+
     def analyze(
         self,
         image: ImageInput,
@@ -163,6 +195,8 @@ class Engine:
         k: int = 100,
         method: str = "gradcam",
         target: int | str | None = None,
+        detector: str | Path | None = None,
+        top_k: int = DEFAULT_TOP_K,
     ) -> Analysis:
         """Localize the object with LOST and explain the prediction with a CAM, from ONE forward pass.
 
@@ -171,6 +205,8 @@ class Engine:
             backbone: a :func:`~discovery.backbones.load_backbone` name (see :func:`backbone_name`).
             stride: 8, 16 or 32; k: LOST's expansion candidates (≥ 1).
             method: ``gradcam`` or ``eigencam``; target: ``None`` (top-1), a class index or name.
+            detector: a ``discovery cad train`` checkpoint (blank/``None``: none); its ``top_k``
+                best boxes (1..100) are drawn with their scores on a fifth panel.
 
         Raises:
             WeightsError, ImageError, ValueError: one-line user errors.
@@ -180,6 +216,10 @@ class Engine:
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        top_k = int(top_k)
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise ValueError(f"top-k must be 1..{MAX_TOP_K}, got {top_k}")
+        detector_path = str(detector).strip() if detector is not None else ""
         timings: dict[str, float] = {}
         start = clock = time.perf_counter()
 
@@ -192,13 +232,20 @@ class Engine:
         explainer, loaded_now = self.explainer(backbone, int(stride))
         explainer.check(method, target)  # a bad target fails before the forward pass
         lap("load_backbone")
+        found_by = self.detector(detector_path)[0] if detector_path else None  # a bad file fails early too
+        if found_by is not None:
+            lap("load_detector")
         prepared = explainer.localizer.prepare(image)
         lap("prepare")
         cam = explainer(prepared, method=method, target=target)
         lap("forward_and_cam")
         loc = explainer.localizer.localize(cam.embedding, k=k)
         lap("lost")
-        panels = _render(prepared, loc, cam)
+        found = None
+        if found_by is not None:
+            found = found_by.detect([prepared.rgb], [loc.image_size], top_k=top_k)[0]
+            lap("detector")
+        panels = _render(prepared, loc, cam, found)
         lap("render")
         timings["total"] = round((time.perf_counter() - start) * 1000, 1)
         info = explainer.backbone.info
@@ -217,6 +264,8 @@ class Engine:
                 "seed_cell": list(loc.seed),
             },
             "cam": {**cam.to_json(), "threshold": cam.threshold},
+            **({"detector": {**found.to_json(), "sha256": found_by.sha256, "path": str(found_by.path),
+                             "top_k": top_k}} if found is not None else {}),
             "backbone_loaded_now": loaded_now,
             "timings_ms": timings,
         }
@@ -227,8 +276,12 @@ def _round(values) -> list[float]:
     return [round(float(v), 2) for v in values]
 
 
-def _render(prepared: PreparedImage, loc, cam) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _render(prepared: PreparedImage, loc, cam, found: Detections | None):
+    """The five panels (the last ``None`` without detections), at the network's resolution."""
     rgb = prepared.rgb
     box_image, degree_image, mask_image = viz.lost_panels(rgb, tuple(prepared.tensor.shape[1:]), loc)
     cam_image = viz.draw_box(viz.heatmap(rgb, cam.cam), cam.box, loc.image_size, color=CAM_BOX_COLOR)
-    return box_image, degree_image, mask_image, cam_image
+    detector_image = None
+    if found is not None:
+        detector_image = viz.draw_detections(rgb, found.boxes, found.scores, loc.image_size, color=DETECTOR_COLOR)
+    return box_image, degree_image, mask_image, cam_image, detector_image

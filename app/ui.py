@@ -20,7 +20,7 @@ from discovery.weights import REGISTRY, WeightsError
 
 from .choices import CHECKPOINT, backbone_choices, describe, initial_backbone
 from .config import AppConfig
-from .engine import CAM_METHODS, STRIDES, Engine, backbone_name, parse_target
+from .engine import CAM_METHODS, DEFAULT_TOP_K, MAX_TOP_K, STRIDES, Engine, backbone_name, parse_target
 from .results import ResultFiles
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,8 @@ CSS = """
 #outputs .image-container img {object-fit: contain}
 """
 
-RunOutputs = tuple[
-    np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None, dict[str, Any], str | None, str
-]
+Panel = np.ndarray | None
+RunOutputs = tuple[Panel, Panel, Panel, Panel, Panel, dict[str, Any], str | None, str]
 
 
 def _one_line(err: BaseException) -> str:
@@ -71,8 +70,12 @@ class Handlers:
         k: float = 100,
         method: str = "gradcam",
         target: str = "",
+        detector: str = "",
+        top_k: float = DEFAULT_TOP_K,
     ) -> RunOutputs:
-        """Analyse ``image``; returns (box, degree, mask, CAM panels, JSON, JSON file path, status).
+        """Analyse ``image``; returns (box, degree, mask, CAM, detector panels, JSON, JSON file
+        path, status). ``detector``: a ``discovery cad train`` checkpoint path (blank: none; the
+        detector panel stays empty), ``top_k``: how many of its boxes to draw.
 
         Never raises: a user error (bad image, missing weights, bad option) comes back as a
         status line, a ``gr.Warning`` toast and ``{"error": ...}`` in the JSON, with no panels.
@@ -87,6 +90,8 @@ class Handlers:
                 k=int(k),
                 method=method,
                 target=parse_target(target),
+                detector=detector or None,
+                top_k=int(top_k),
             )
         except USER_ERRORS as err:
             return self._failure(_one_line(err))
@@ -100,6 +105,7 @@ class Handlers:
             analysis.degree_image,
             analysis.mask_image,
             analysis.cam_image,
+            analysis.detector_image,
             record,
             str(path),
             _summary(record),
@@ -107,7 +113,7 @@ class Handlers:
 
     def _failure(self, message: str) -> RunOutputs:
         gr.Warning(html.escape(message))
-        return None, None, None, None, {"error": message}, None, f"⚠ **error:** {html.escape(message)}"
+        return None, None, None, None, None, {"error": message}, None, f"⚠ **error:** {html.escape(message)}"
 
     def describe(self, backbone: str, checkpoint: str = "") -> str:
         """Status line for a backbone selection: what it is, or the one-line fix for missing weights."""
@@ -146,8 +152,13 @@ def _summary(record: dict[str, Any]) -> str:
     else:
         target_text = f"**{target}**"
     note = f" · ⚠ `{record['backbone']}`: {record['note']}" if "note" in record else ""
+    found = ""
+    if "detector" in record:
+        scores = record["detector"]["scores"]
+        found = f" · detector: {len(scores)} box{'es' if len(scores) != 1 else ''}"
+        found += f" (best score {scores[0]:.2f})" if scores else ""
     return (
-        f"**Done.** LOST box [{box}] (original pixels) · {cam['method']} target: {target_text} · "
+        f"**Done.** LOST box [{box}] (original pixels) · {cam['method']} target: {target_text}{found} · "
         f"{record['timings_ms']['total']:.0f} ms{note}"
     )
 
@@ -208,6 +219,14 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
                     target = gr.Textbox(
                         "", label="CAM target", placeholder="top-1", info="blank: top-1; or a class index / name",
                     )
+                with gr.Row():
+                    detector = gr.Textbox(
+                        "", label="Detector (checkpoint)", placeholder="weights/cad.safetensors",
+                        info="optional: a `discovery cad train` file; its boxes and scores get their own panel",
+                        elem_id="detector",
+                    )
+                    top_k = gr.Slider(1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="Detector top-k",
+                                      info="boxes drawn")
                 run = gr.Button("Run", variant="primary", elem_id="run")
         status = gr.Markdown("", elem_id="status")
         with gr.Row(elem_id="outputs"):
@@ -215,14 +234,15 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
             degree_image = _panel("Inverse degree (hot: seed candidates)", "degree-image")
             mask_image = _panel("Seed's component", "mask-image")
             cam_image = _panel("CAM with its box (white)", "cam-image")
+            detector_image = _panel("Detector boxes with scores (needs a detector)", "detector-image")
         with gr.Row():
             result_json = gr.JSON(label="Result", elem_id="result-json", max_height=360)
             result_file = gr.File(label="Download JSON", interactive=False)
 
         run.click(
             handlers.run,
-            inputs=[image, backbone, checkpoint, stride, k, method, target],
-            outputs=[box_image, degree_image, mask_image, cam_image, result_json, result_file, status],
+            inputs=[image, backbone, checkpoint, stride, k, method, target, detector, top_k],
+            outputs=[box_image, degree_image, mask_image, cam_image, detector_image, result_json, result_file, status],
             api_name="run",
         )
         backbone.change(handlers.describe, [backbone, checkpoint], backbone_status, api_name="describe", queue=False)

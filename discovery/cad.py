@@ -48,7 +48,7 @@ from .weights import sha256_file
 
 STATE_FORMAT = "discovery-cad-state/1"
 VOC = ("voc07", "voc12")
-RESULT_FIELDS = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "warmup", "lr_steps", "seed", "flip")
+RESULT_FIELDS = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "warmup", "lr_steps", "clip_grad", "seed", "flip")
 
 
 class CADError(ValueError):
@@ -67,6 +67,7 @@ class CADConfig:
         detector: the architecture (:class:`~discovery.detector.DetectorConfig`).
         iterations: optimizer steps; batch_size: global images per step (split over ranks).
         lr, momentum, weight_decay: SGD; warmup: linear warm-up iterations; lr_steps: x0.1 points.
+        clip_grad: clip the gradients' global L2 norm to this (``None``: no clipping, as the reference).
         seed: data order, flips, multi-scale draws, new layers' init.
         flip: random horizontal flips.
         workers, checkpoint_every, stop_after, resume, overwrite, device, weights_dir, progress: as
@@ -85,6 +86,7 @@ class CADConfig:
     weight_decay: float = 1e-4
     warmup: int = 100
     lr_steps: tuple[int, ...] = ()
+    clip_grad: float | None = None
     seed: int = 0
     flip: bool = True
     workers: int = 2
@@ -222,6 +224,7 @@ def validate(config: CADConfig, dist: DistContext) -> None:
         (config.batch_size >= 1, f"--batch-size must be at least 1 (got {config.batch_size})"),
         (config.lr > 0, f"--lr must be positive (got {config.lr})"),
         (config.warmup >= 0, f"--warmup must be >= 0 (got {config.warmup})"),
+        (config.clip_grad is None or config.clip_grad > 0, f"--clip-grad must be positive (got {config.clip_grad})"),
         (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})"),
         (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {config.checkpoint_every})"),
         (config.stop_after is None or config.stop_after >= 1, f"--stop-after must be at least 1 (got {config.stop_after})"),
@@ -360,6 +363,8 @@ def _train(config: CADConfig, dist: DistContext, device: torch.device, data: Pse
                                    f"(the last saved state is {state_file})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
                 optimizer.step()
                 step += 1
                 seen += len(images) * dist.world_size

@@ -140,6 +140,13 @@ def build_model(trunk: nn.Sequential, mean: Sequence[float], std: Sequence[float
             part.requires_grad_(True)
     body = C4Trunk(*parts[:7])
     head = nn.Sequential(parts[7], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    predictor = FastRCNNPredictor(2048, 2)
+    # Detectron2's FastRCNNOutputLayers init (torchvision keeps nn.Linear's default, whose logits
+    # scale with the feature norm: on a random base's large RoI features the first steps diverge)
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    for layer in (predictor.cls_score, predictor.bbox_pred):
+        nn.init.zeros_(layer.bias)
     anchors = AnchorGenerator(sizes=(tuple(config.anchor_sizes),), aspect_ratios=(tuple(config.aspect_ratios),))
     return FasterRCNN(
         body,
@@ -151,7 +158,7 @@ def build_model(trunk: nn.Sequential, mean: Sequence[float], std: Sequence[float
         rpn_batch_size_per_image=config.rpn_batch,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=config.roi_size, sampling_ratio=0),
         box_head=head,
-        box_predictor=FastRCNNPredictor(2048, 2),
+        box_predictor=predictor,
         box_score_thresh=config.score_thresh, box_nms_thresh=config.nms_thresh,
         box_detections_per_img=config.detections, box_batch_size_per_image=config.roi_batch,
     )

@@ -1,10 +1,12 @@
-"""Overlays: box and seed, degree heat map, seed mask, saliency heat map.
+"""Overlays: box and seed, a detector's boxes with scores, degree heat map, seed mask, saliency heat map.
 
 Every function takes an RGB uint8 ``(H, W, 3)`` image of any size plus coordinates in the original
 image's pixels (``image_size``), and returns a new RGB uint8 array of the same size as the input.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -33,6 +35,30 @@ def draw_box(
     cv2.rectangle(out, (round(x1 * rx), round(y1 * ry)), (round(x2 * rx) - 1, round(y2 * ry) - 1), color, thickness)
     if seed_xy is not None:
         cv2.circle(out, (round(seed_xy[0] * rx), round(seed_xy[1] * ry)), thickness * 2 + 1, SEED_COLOR, -1)
+    return out
+
+
+def draw_detections(
+    rgb: np.ndarray,
+    boxes: Sequence[tuple[float, float, float, float]],
+    scores: Sequence[float],
+    image_size: tuple[int, int],
+    color: tuple[int, int, int] = BOX_COLOR,
+) -> np.ndarray:
+    """Draw several boxes (x1, y1, x2, y2 exclusive, original pixels), each with its score written
+    at its top-left corner; the first (best) box is drawn last, so it stays on top."""
+    out = rgb.copy()
+    rx, ry = _ratio(rgb, image_size)
+    thickness = max(1, round(max(rgb.shape[:2]) / 300))
+    scale = max(0.35, max(rgb.shape[:2]) / 800)
+    for (x1, y1, x2, y2), score in reversed(list(zip(boxes, scores))):
+        left, top = round(x1 * rx), round(y1 * ry)
+        cv2.rectangle(out, (left, top), (round(x2 * rx) - 1, round(y2 * ry) - 1), color, thickness)
+        text = f"{score:.2f}"
+        (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        y = max(top, height + base)  # keep the label inside the picture
+        cv2.rectangle(out, (left, y - height - base), (left + width, y), color, -1)
+        cv2.putText(out, text, (left, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 

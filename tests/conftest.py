@@ -29,6 +29,27 @@ def random_backbone():
     return load_backbone("random", stride=16)
 
 
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory):
+    """An untrained but valid detector checkpoint (seeded random ResNet50 trunk, small sizes),
+    written the way `discovery cad train` writes one: enough for tests of the detector's users."""
+    from discovery.detector import FORMAT, DetectorConfig, build_model, model_state
+    from discovery.trainstate import save_checkpoint
+
+    config = DetectorConfig(min_size=(64,), min_size_test=64, max_size=128, anchor_sizes=(16, 32, 64), roi_size=4,
+                            pre_nms_test=100, proposals_test=10, freeze_at=5)
+    base = load_backbone("random", stride=32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(base.trunk, base.mean, base.std, config)
+    path = tmp_path_factory.mktemp("detector") / "tiny.safetensors"
+    save_checkpoint(path, model_state(model), {
+        "format": FORMAT, "detector": config.to_json(),
+        "base": {"name": "random", "sha256": base.info.sha256, "mean": list(base.mean), "std": list(base.std)},
+    })
+    return path
+
+
 @pytest.fixture
 def textured_image():
     """A 96x128 RGB uint8 image: noise background with a bright square object."""

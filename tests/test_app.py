@@ -112,7 +112,8 @@ def test_backbone_name_and_target_parsing():
 
 
 def test_run_gives_panels_json_and_file(handlers, textured_image, random_backbone):
-    box, degree, mask, cam, record, path, status = handlers.run(textured_image, "random", "", 16, 100, "gradcam", "")
+    box, degree, mask, cam, found, record, path, status = handlers.run(textured_image, "random", "", 16, 100, "gradcam", "")
+    assert found is None and "detector" not in record  # no detector chosen: no fifth panel
     for panel in (box, degree, mask, cam):
         assert panel.shape == textured_image.shape and panel.dtype == np.uint8
     assert not np.array_equal(box, textured_image)  # something was drawn
@@ -206,9 +207,9 @@ def test_cache_is_lru_and_bounded(random_backbone, textured_image):
 def test_missing_weights_are_an_error_line_not_a_crash(handlers, textured_image, args, expected):
     with pytest.warns(UserWarning):  # gr.Warning outside a request falls back to warnings.warn
         out = handlers.run(textured_image, *args, 16, 100, "gradcam", "")
-    assert out[:4] == (None, None, None, None) and out[5] is None
-    assert expected in out[4]["error"] and "\n" not in out[4]["error"]
-    assert out[6].startswith("⚠ **error:**") and expected in out[6]
+    assert out[:5] == (None, None, None, None, None) and out[6] is None
+    assert expected in out[5]["error"] and "\n" not in out[5]["error"]
+    assert out[7].startswith("⚠ **error:**") and expected in out[7]
 
 
 def test_wrong_hash_file_is_reported(handlers, weights_dir, textured_image):
@@ -216,7 +217,7 @@ def test_wrong_hash_file_is_reported(handlers, weights_dir, textured_image):
     (weights_dir / "resnet50-0676ba61.pth").write_bytes(b"not the real weights")
     with pytest.warns(UserWarning):
         out = handlers.run(textured_image, "imagenet", "", 16, 100, "gradcam", "")
-    assert "does not match" in out[4]["error"]
+    assert "does not match" in out[5]["error"]
 
 
 def test_headless_backbone_uses_the_embedding_target(tmp_path, textured_image):
@@ -254,8 +255,47 @@ def test_user_errors_become_one_line(handlers, tmp_path, textured_image, image, 
         image = textured_image
     with pytest.warns(UserWarning):
         out = handlers.run(image, "random", "", 16, 100, method, target)
-    assert expected in out[4]["error"] and "\n" not in out[4]["error"]
+    assert expected in out[5]["error"] and "\n" not in out[5]["error"]
     assert out[0] is None
+
+
+def test_detector_boxes_and_scores_are_drawn_and_recorded(engine, handlers, textured_image, tiny_detector):
+    from discovery import Detector
+
+    analysis = engine.analyze(textured_image, "random", 16, 100, "gradcam", None, detector=str(tiny_detector), top_k=3)
+    found = analysis.record["detector"]
+    expected = Detector(tiny_detector)(textured_image, top_k=3)
+    assert found["sha256"] == W.sha256_file(tiny_detector) and found["top_k"] == 3
+    assert 1 <= len(found["boxes"]) == len(found["scores"]) <= 3
+    assert found["boxes"] == expected.to_json()["boxes"] and found["scores"] == expected.to_json()["scores"]
+    assert found["scores"] == sorted(found["scores"], reverse=True)
+    assert all(_inside(b, 128, 96) for b in found["boxes"])
+    image = analysis.detector_image
+    assert image.shape == textured_image.shape and image.dtype == np.uint8 and not np.array_equal(image, textured_image)
+    assert engine.detector(tiny_detector)[1] is False  # cached: loaded once
+    assert engine.analyze(textured_image, "random", 16, 100, "gradcam", None, detector=str(tiny_detector),
+                          top_k=1).record["detector"]["boxes"] == found["boxes"][:1]
+    *_, found_image, record, _, status = handlers.run(textured_image, "random", "", 16, 100, "gradcam", "",
+                                                     str(tiny_detector), 3)
+    assert record["detector"]["boxes"] == found["boxes"] and found_image is not None
+    assert f"detector: {len(found['boxes'])} box" in status
+
+
+@pytest.mark.parametrize(("detector", "top_k", "expected"), [
+    ("/nonexistent/cad.safetensors", 5, "no such file"),
+    ("PLAIN", 5, "not a detector checkpoint"),
+    ("TINY", 0, "top-k must be"),
+])
+def test_bad_detector_inputs_become_one_line(handlers, tmp_path, textured_image, tiny_detector, detector, top_k, expected):
+    if detector == "PLAIN":
+        detector = tmp_path / "plain.safetensors"
+        from safetensors.torch import save_file
+        save_file({"w": torch.zeros(2)}, str(detector))
+    elif detector == "TINY":
+        detector = tiny_detector
+    with pytest.warns(UserWarning):
+        out = handlers.run(textured_image, "random", "", 16, 100, "gradcam", "", str(detector), top_k)
+    assert expected in out[5]["error"] and "\n" not in out[5]["error"] and out[4] is None
 
 
 def test_result_files_keep_the_newest():

@@ -67,10 +67,10 @@ def image_file(tmp_path, textured_image):
 
 
 def _run(client, image, backbone="random", **kw):
-    args = dict(checkpoint="", stride=16, k=100, method="gradcam", target="") | kw
+    args = dict(checkpoint="", stride=16, k=100, method="gradcam", target="", detector="", top_k=5) | kw
     return client.predict(
         handle_file(str(image)), backbone, args["checkpoint"], args["stride"], args["k"], args["method"],
-        args["target"], api_name="/run",
+        args["target"], args["detector"], args["top_k"], api_name="/run",
     )
 
 
@@ -78,7 +78,14 @@ def test_run_api_takes_an_image_alone(client, image_file):
     """Every input but the image has a default, so scripts need not repeat the UI's settings."""
     *_, record, _, status = client.predict(handle_file(str(image_file)), api_name="/run")
     assert "error" not in record and record["k"] == 100 and record["stride"] == 16
-    assert len(record["lost"]["box"]) == 4 and "Done" in status
+    assert len(record["lost"]["box"]) == 4 and "Done" in status and "detector" not in record
+
+
+def test_detector_over_the_api(client, image_file, tiny_detector):
+    box, degree, mask, cam, found, record, download, status = _run(client, image_file, detector=str(tiny_detector), top_k=2)
+    assert "error" not in record, record
+    assert found is not None and 1 <= len(record["detector"]["boxes"]) == len(record["detector"]["scores"]) <= 2
+    assert record["detector"]["sha256"] and "detector:" in status
 
 
 def test_server_binds_loopback(server):
@@ -86,13 +93,14 @@ def test_server_binds_loopback(server):
 
 
 def test_upload_gives_a_box_inside_the_image(client, image_file):
-    box, degree, mask, cam, record, download, status = _run(client, image_file)
+    box, degree, mask, cam, found, record, download, status = _run(client, image_file)
     assert "error" not in record, record
     x1, y1, x2, y2 = record["lost"]["box"]
     assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 96
     assert record["backbone"] == "random" and "pipeline check" in record["note"]
     for panel in (box, degree, mask, cam):
         assert panel is not None
+    assert found is None
     assert download is not None and "Done" in status
 
 
@@ -117,7 +125,7 @@ def test_twenty_simultaneous_requests_all_complete(server, tmp_path):
     def one(item):
         path, w, h = item
         # a client per caller, as 20 browsers would be
-        record = _run(Client(server[0], verbose=False, download_files=False), path, k=50)[4]
+        record = _run(Client(server[0], verbose=False, download_files=False), path, k=50)[5]
         return record, w, h
 
     with ThreadPoolExecutor(20) as pool:
@@ -203,7 +211,9 @@ def test_browser_example_runs_end_to_end(browser, server):
     assert page.locator("#cam-image img").count() == 1
     # Every output picture is shown whole: nothing laid over it, aspect ratio kept.
     panels = page.evaluate("""() => ['box-image', 'degree-image', 'mask-image', 'cam-image'].map(id => {
-        const img = document.querySelector('#' + id + ' img'), r = img.getBoundingClientRect();
+        const img = document.querySelector('#' + id + ' img');
+        img.scrollIntoView({block: 'center'});  // the detector controls made the page taller than the viewport
+        const r = img.getBoundingClientRect();
         const inset = 3, xs = [r.left + inset, r.left + r.width / 2, r.right - inset];
         const ys = [r.top + inset, r.top + r.height / 2, r.bottom - inset];
         const covered = xs.flatMap(x => ys.map(y => document.elementFromPoint(x, y) !== img)).filter(Boolean).length;

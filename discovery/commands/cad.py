@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=d.lr, help=f"default {d.lr:g}")
     t.add_argument("--warmup", type=int, default=d.warmup, help=f"linear warm-up iterations (default {d.warmup})")
     t.add_argument("--lr-steps", type=_ints, default=d.lr_steps, metavar="I,J", help="iterations where lr drops x0.1 (default none)")
+    t.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the gradients' global norm (default: no clipping)")
     t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     t.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     t.add_argument("--min-size", type=_ints, default=a.min_size, metavar="S,S,...",
@@ -72,7 +73,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     config = CADConfig(
         run=args.run_dir, base=args.base, out=args.out, root=args.root, detector=detector, iterations=args.iterations,
-        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_steps=args.lr_steps, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_steps=args.lr_steps, clip_grad=args.clip_grad, seed=args.seed,
         flip=not args.no_flip, workers=args.workers, checkpoint_every=args.checkpoint_every, stop_after=args.stop_after,
         resume=args.resume, overwrite=args.overwrite, device=args.device, weights_dir=args.weights_dir,
         progress=not args.no_progress,
