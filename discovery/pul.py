@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 from .backbones import Backbone, load_backbone
 from .distributed import DistContext, from_env, join, teardown
 from .files import atomic_write
+from .precision import fp32_math, precision_record
 from .pul_data import (
     BatchList,
     ImageList,
@@ -75,7 +76,10 @@ DATASETS = ("voc07", "voc12", "coco20k")
 RESULT_FIELDS = (
     "epochs", "classes", "temperature", "kl_weight", "batch_size", "lr", "trunk_lr_scale", "momentum",
     "weight_decay", "nesterov", "lr_decay", "seed", "input_size", "projector_width", "probe_size",
+    "grad_clip", "warmup_steps", "precision", "tf32",
 )
+#: Autocast dtypes for training (fp16 would need a gradient scaler; bf16 does not).
+TRAIN_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class PULConfig:
         lr: learning rate of the projector; the trunk (and fc) use ``lr * trunk_lr_scale``.
         momentum, weight_decay, nesterov: SGD settings (SHOT's).
         lr_decay: SHOT's schedule ``lr * (1 + 10 p)^-0.75`` with ``p`` = progress in [0, 1]; off: constant.
+        grad_clip: the stability guard: the global L2 norm of all gradients is clipped to this
+            before each step (0: off). warmup_steps: the learning rate rises linearly over this
+            many first steps (0: off). See :func:`clip_gradients` and :func:`lr_factor`.
+        precision: ``fp32``, or ``bf16`` autocast for the forward passes (GPUs); tf32: let CUDA
+            fp32 math use TensorFloat-32 (off: IEEE fp32).
         seed: every random choice (labels, order, augmentation, projector, probe, random head).
         input_size: training crop side in pixels (images are resized to ``round(S*256/224)`` first).
         projector_width: hidden width of the two-layer projector ``2048 -> W -> classes``.
@@ -122,6 +131,10 @@ class PULConfig:
     weight_decay: float = 1e-3
     nesterov: bool = True
     lr_decay: bool = True
+    grad_clip: float = 2.0
+    warmup_steps: int = 20
+    precision: str = "fp32"
+    tf32: bool = False
     seed: int = 0
     input_size: int = 224
     projector_width: int = 256
@@ -256,9 +269,21 @@ def check_finite(student: nn.Module, step: int, state_file: Path) -> None:
             )
 
 
-def lr_factor(step: int, total_steps: int, decay: bool) -> float:
-    """SHOT's schedule ``(1 + 10 * step / total)^-0.75`` (1 when ``decay`` is off)."""
-    return (1 + 10 * step / max(1, total_steps)) ** -0.75 if decay else 1.0
+def lr_factor(step: int, total_steps: int, decay: bool, warmup_steps: int = 0) -> float:
+    """SHOT's schedule ``(1 + 10 * step / total)^-0.75`` (1 when ``decay`` is off), times the
+    linear warm-up ``min(1, (step + 1) / warmup_steps)`` (none when ``warmup_steps`` is 0)."""
+    factor = (1 + 10 * step / max(1, total_steps)) ** -0.75 if decay else 1.0
+    return factor * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else factor
+
+
+def clip_gradients(student: nn.Module, max_norm: float) -> float:
+    """Scale the gradients so their global L2 norm is at most ``max_norm`` (0: leave them);
+    return the norm before clipping. Under DDP the gradients are already averaged, so every rank
+    clips identically."""
+    params = [p for p in student.parameters() if p.grad is not None]
+    if max_norm <= 0:
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+    return float(nn.utils.clip_grad_norm_(params, max_norm))
 
 
 def make_optimizer(student: PULStudent, config: PULConfig) -> torch.optim.SGD:
@@ -363,6 +388,9 @@ def validate(config: PULConfig, dist: DistContext) -> None:
         (config.temperature > 0, f"--temperature must be positive (got {config.temperature})"),
         (config.kl_weight >= 0, f"--kl-weight must be >= 0 (got {config.kl_weight})"),
         (config.lr > 0, f"--lr must be positive (got {config.lr})"),
+        (config.grad_clip >= 0, f"--grad-clip must be >= 0 (0: off; got {config.grad_clip})"),
+        (config.warmup_steps >= 0, f"--warmup-steps must be >= 0 (0: off; got {config.warmup_steps})"),
+        (config.precision in TRAIN_PRECISIONS, f"--precision must be one of {', '.join(TRAIN_PRECISIONS)} (got {config.precision})"),
         (config.input_size >= 32, f"--input-size must be at least 32 pixels (got {config.input_size})"),
         (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})"),
         (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {config.checkpoint_every})"),
@@ -421,7 +449,7 @@ class DynamicsLog:
 
     def __init__(self, path: Path, classes: int, start_step: int):
         self.path = Path(path)
-        self.columns = ["step", "epoch", "ce", "kl", "loss", "lr", *(f"hist_{c}" for c in range(classes)), "speed"]
+        self.columns = ["step", "epoch", "ce", "kl", "loss", "lr", *(f"hist_{c}" for c in range(classes)), "speed", "grad_norm"]
         kept: list[list[str]] = []
         if start_step > 0 and self.path.is_file():
             with open(self.path, newline="") as fh:
@@ -435,8 +463,12 @@ class DynamicsLog:
         self._writer.writerows(kept)
         self._fh.flush()
 
-    def write(self, step: int, epoch: int, ce: float, kl: float, loss: float, lr: float, hist: list[int], speed: float) -> None:
-        self._writer.writerow([step, epoch, f"{ce:.9g}", f"{kl:.9g}", f"{loss:.9g}", f"{lr:.9g}", *hist, f"{speed:.9g}"])
+    def write(
+        self, step: int, epoch: int, ce: float, kl: float, loss: float, lr: float, hist: list[int], speed: float, grad_norm: float,
+    ) -> None:
+        self._writer.writerow([
+            step, epoch, f"{ce:.9g}", f"{kl:.9g}", f"{loss:.9g}", f"{lr:.9g}", *hist, f"{speed:.9g}", f"{grad_norm:.9g}",
+        ])
         self._fh.flush()
 
     def close(self) -> None:
@@ -494,7 +526,10 @@ def metadata(
         else f"frozen random linear head 2048->{HEADLESS_CLASSES} seeded from (seed, 'head'), shared by both",
         "projector": f"Linear(2048,{config.projector_width}) -> ReLU -> Linear({config.projector_width},{config.classes}) on global-average-pooled layer4",
         "optimizer": "SGD",
-        "lr_schedule": "lr * (1 + 10 * step / total_steps) ** -0.75" if config.lr_decay else "constant",
+        "lr_schedule": ("lr * (1 + 10 * step / total_steps) ** -0.75" if config.lr_decay else "constant")
+        + (f" * min(1, (step + 1) / {config.warmup_steps}) (linear warm-up)" if config.warmup_steps else ""),
+        "stability_guard": f"global gradient L2 norm clipped to {config.grad_clip}" if config.grad_clip else "no gradient clipping",
+        **precision_record(dist.device, config.precision, config.tf32),
         "bn_mode": "eval (running statistics frozen, affine weights trained) in teacher and student",
         "train_stride": TRAIN_STRIDE,
         "augmentation": f"resize to {resize_side(config.input_size)}x{resize_side(config.input_size)} bilinear, random {config.input_size} crop, random horizontal flip (per-image generator from seed, epoch, index)",
@@ -554,6 +589,7 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
     }
 
     student, teacher = build_models(base, config.classes, config.projector_width, config.seed)
+    autocast = TRAIN_PRECISIONS[config.precision]
     layout = torch.channels_last
     student = student.to(device, memory_format=layout)
     teacher = teacher.to(device, memory_format=layout)
@@ -611,12 +647,14 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
             for x, y, _ in loader:
                 x = x.to(device, non_blocking=True, memory_format=layout)
                 y = y.to(device, non_blocking=True)
-                factor = lr_factor(step, total_steps, config.lr_decay)
+                factor = lr_factor(step, total_steps, config.lr_decay, config.warmup_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                logits, predictions = model(x)
+                with fp32_math(config.tf32), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                    logits, predictions = model(x)
+                logits, predictions, teacher_logits = logits.float(), predictions.float(), teacher_logits.float()
                 ce = F.cross_entropy(logits, y)
                 kl = distill_kl(predictions, teacher_logits, config.temperature)
                 loss = ce + config.kl_weight * config.temperature**2 * kl
@@ -627,7 +665,9 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
                         f"lower --lr (the last saved state is {state_file})"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with fp32_math(config.tf32):
+                    loss.backward()
+                grad_norm = clip_gradients(student, config.grad_clip)
                 optimizer.step()
 
                 if config.log_dynamics is not None:
@@ -636,14 +676,14 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
                     sums = dist.all_reduce_sum(torch.cat([torch.stack([ce.detach() * n, kl.detach() * n]).double(), hist.to(device)])).cpu()
                     count = float(sums[2:].sum())
                     if dynamics is not None:
-                        with torch.no_grad():
+                        with torch.no_grad(), fp32_math(config.tf32):
                             after = student(probe)[0]
                         speed = function_speed(after, before)
                         before = after
                         ce_mean, kl_mean = float(sums[0]) / count, float(sums[1]) / count
                         dynamics.write(
                             step, epoch, ce_mean, kl_mean, ce_mean + config.kl_weight * config.temperature**2 * kl_mean,
-                            optimizer.param_groups[-1]["lr"], [int(v) for v in sums[2:]], speed,
+                            optimizer.param_groups[-1]["lr"], [int(v) for v in sums[2:]], speed, grad_norm,
                         )
                 step += 1
                 seen += len(y) * dist.world_size
@@ -660,11 +700,15 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
         if dynamics is not None:
             dynamics.close()
 
+    elapsed = time.perf_counter() - clock
+    speed = round(seen / elapsed, 2) if seen and elapsed > 0 else 0.0
+    say(f"trained at {speed} images/s ({seen} images in {elapsed:.1f} s, {device}, {config.precision})")
     if stopped:
         say(f"stopped after step {step} of {total_steps}; continue with --resume (state: {state_file})")
         return PULResult(None, state_file, step, total_steps, len(usable), tuple(skipped))
     check_finite(student, step, state_file)
     meta = metadata(config, base, images, skipped, labels, step, dist)
+    meta["throughput"] = {"images_per_s": speed, "device": str(device), "of_this_process": "steps run since the last start"}
     if dist.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out, resnet_state(student, base.fc is not None), meta)
