@@ -220,7 +220,7 @@ def test_tiny_run_from_registry_name_loads_in_localizer(bases, images, tmp_path,
 
     with open(dyn, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["step", "epoch", "ce", "kl", "loss", "lr", "hist_0", "hist_1", "hist_2", "speed"]
+    assert list(rows[0]) == ["step", "epoch", "ce", "kl", "loss", "lr", "hist_0", "hist_1", "hist_2", "speed", "grad_norm"]
     assert [int(r["step"]) for r in rows] == [0, 1]
     assert float(rows[0]["kl"]) == 0.0  # student == teacher before the first update
     assert all(sum(int(r[f"hist_{c}"]) for c in range(3)) == 4 for r in rows)
