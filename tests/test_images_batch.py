@@ -49,3 +49,19 @@ def test_batch_refuses_mixed_padded_sizes_and_bad_input():
         normalize_and_pad_batch([np.zeros((16, 16, 3), np.float32)], IMAGENET_MEAN, IMAGENET_STD, 16)
     with pytest.raises(ValueError, match="uint8"):
         normalize_and_pad_batch(torch.zeros(1, 16, 16, 3), IMAGENET_MEAN, IMAGENET_STD, 16)
+
+
+def test_embed_arrays_equals_embed_batch(random_backbone):
+    from discovery.images import PreparedImage
+    from discovery.localizer import Localizer
+
+    images = _images([(70, 90), (66, 96), (80, 81)], seed=2)  # one padded size: 80 x 96
+    loc = Localizer(random_backbone, max_side=None)
+    ours = loc.embed_arrays(images)
+    prepared = [PreparedImage(normalize_and_pad(a, loc.backbone.mean, loc.backbone.std, 16), a.shape[:2], a.shape[:2], a)
+                for a in images]
+    theirs = loc.embed_batch(prepared)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.image.tensor, b.image.tensor) and a.image.size == b.image.size
+        assert torch.equal(a.features, b.features)
+    assert [r.box for r in loc.localize(ours)] == [r.box for r in loc.localize(theirs)]
