@@ -279,11 +279,16 @@ def lr_factor(step: int, total_steps: int, decay: bool, warmup_steps: int = 0) -
 def clip_gradients(student: nn.Module, max_norm: float) -> float:
     """Scale the gradients so their global L2 norm is at most ``max_norm`` (0: leave them);
     return the norm before clipping. Under DDP the gradients are already averaged, so every rank
-    clips identically."""
+    clips identically. The norm is accumulated in float64, so the scale factor does not depend on
+    how many threads summed it (a resumed run in another process must take the same steps)."""
     params = [p for p in student.parameters() if p.grad is not None]
-    if max_norm <= 0:
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
-    return float(nn.utils.clip_grad_norm_(params, max_norm))
+    norms = torch.stack([torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in params])
+    total = float(torch.linalg.vector_norm(norms))
+    if 0 < max_norm < total:
+        scale = max_norm / total
+        for p in params:
+            p.grad.mul_(scale)
+    return total
 
 
 def make_optimizer(student: PULStudent, config: PULConfig) -> torch.optim.SGD:
