@@ -20,7 +20,15 @@ from discovery.weights import REGISTRY, WeightsError
 
 from .choices import CHECKPOINT, backbone_choices, describe, initial_backbone
 from .config import AppConfig
-from .engine import CAM_METHODS, DEFAULT_TOP_K, MAX_TOP_K, STRIDES, Engine, backbone_name, parse_target
+from .engine import (
+    CAM_METHODS,
+    DEFAULT_TOP_K,
+    MAX_TOP_K,
+    STRIDES,
+    Engine,
+    backbone_name,
+    parse_target,
+)
 from .results import ResultFiles
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from discovery.backbones import load_backbone
+from discovery.backbones import check_device, load_backbone
 from discovery.lost import localize
 from discovery.localizer import Localizer
 
+from discovery.precision import fp32_math
+
+from .pipeline import device_figures
 from .reference import reference_loop
 
 # VOC07 trainval's most common sizes (H, W): most images are 500 px on the long side.
@@ -80,9 +83,10 @@ def conv_flops(module: nn.Module, shape: tuple[int, int, int, int]) -> float:
         total += 2.0 * out.numel() * (conv.in_channels // conv.groups) * kh * kw
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    device = next(module.parameters()).device
     try:
         with torch.inference_mode():
-            module(torch.zeros(shape))
+            module(torch.zeros(shape, device=device))
     finally:
         for handle in handles:
             handle.remove()
@@ -93,7 +97,7 @@ def backbone_throughput(localizer: Localizer, batch: int, repeats: int) -> tuple
     """``(GFLOP per 384×512 image, achieved GFLOP/s)`` of our batched channels-last forward."""
     shape = (batch, 3, 384, 512)
     flops = conv_flops(localizer.backbone.trunk, (1, *shape[1:]))
-    x = torch.randn(shape)
+    x = torch.randn(shape, device=localizer.backbone.device)
     localizer.features(x)
     best = min(_timed(lambda: localizer.features(x)) for _ in range(repeats))
     return flops / 1e9, flops * batch / best / 1e9
@@ -165,13 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval run's (1 on CPU)")
     parser.add_argument("--workers", type=int, default=None, help="decoding workers for our path (default: eval run's)")
     args = parser.parse_args(argv)
+    try:
+        check_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    on_gpu = args.device.startswith("cuda")
     n = args.images or (8 if args.quick else 40)
     rss_counts = (24, 64) if args.quick else (50, 500)
     torch.set_num_threads(os.cpu_count() or 1)
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
-        paths = make_voc(tmp, max(n, rss_counts[1]))
+        # on a GPU the end-to-end rate needs enough images that worker start-up does not dominate
+        gpu_images = (500 if args.quick else 2000) if on_gpu else 0
+        paths = make_voc(tmp, max(n, rss_counts[1], gpu_images))
         figures: dict = {"images": n, "device": args.device, "precision": args.precision, "threads": torch.get_num_threads()}
         print(f"bench: {n} synthetic VOC-sized images, backbone 'random' (a pipeline check: timings, not accuracy)")
 
@@ -183,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         # Both paths are warmed on every image size first (the engines build kernels per shape).
         warm = len(VOC_SIZES)
-        reference_loop(paths[:warm], trunk, mean, std, device=args.device)
-        start = time.perf_counter()
-        baseline_boxes = reference_loop(paths[:n], trunk, mean, std, device=args.device)
-        baseline_s = time.perf_counter() - start
+        with fp32_math(False):  # the reference in the same IEEE fp32 as our default runs
+            reference_loop(paths[:warm], trunk, mean, std, device=args.device)
+            start = time.perf_counter()
+            baseline_boxes = reference_loop(paths[:n], trunk, mean, std, device=args.device)
+            baseline_s = time.perf_counter() - start
         figures["baseline_images_per_s"] = round(n / baseline_s, 3)
 
         run_eval(tmp, tmp / "warm", warm, args)
@@ -199,6 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         figures["boxes_mismatched"] = mismatched
 
         localizer = Localizer("random", device=args.device)
+        if on_gpu:
+            from eval.datasets import open_dataset
+
+            full = run_eval(tmp, tmp / "full", gpu_images, args)
+            items = open_dataset("voc07", tmp).items[:gpu_images]
+            figures["gpu"] = device_figures(items, args.device, full["workers"], batch=32, repeats=3 if args.quick else 10)
+            figures["gpu"]["end_to_end_img_s"] = full["images_per_s"]
+            figures["gpu"]["end_to_end_batch"] = full["batch_size"]
+            figures["gpu"]["end_to_end_images"] = gpu_images
         per_image, achieved = backbone_throughput(localizer, batch=1, repeats=3 if args.quick else 5)
         figures["backbone_gflop_per_image"] = round(per_image, 2)
         figures["backbone_gflops"] = round(achieved, 1)
@@ -249,6 +271,26 @@ def report(f: dict) -> None:
     ]
     if "precision_boxes_equal" in f:
         rows.append((f"{f['precision']} boxes equal to fp32", f["precision_boxes_equal"], "target >= 99%"))
+    if "gpu" in f:
+        rows = [r for r in rows if not r[0].startswith(("fp32 GEMM", "backbone"))] + gpu_rows(f["gpu"])
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:<34} {note}")
+
+
+def gpu_rows(g: dict) -> list[tuple[str, str, str]]:
+    """The GPU table: each stage's images/s as a share of the fp32 trunk's."""
+    trunk = g["trunk_fp32_img_s"]
+
+    def share(v: float) -> str:
+        return f"{100 * v / trunk:.0f}% of the fp32 trunk" if trunk else ""
+
+    return [
+        ("machine", f"{g['machine']}, {g['date']}, torch {g['torch']}", f"fp32 math: {g['fp32_math']}"),
+        (f"trunk fp32, batch {g['batch']}, {g['size'][0]}x{g['size'][1]}", f"{trunk:.1f} img/s", "the ceiling"),
+        ("trunk bf16 autocast", f"{g['trunk_bf16_img_s']:.1f} img/s", share(g["trunk_bf16_img_s"])),
+        (f"input pipeline alone ({g['workers']} workers)", f"{g['input_img_s']:.1f} img/s", share(g["input_img_s"])),
+        ("LOST alone (batched)", f"{g['lost_img_s']:.1f} img/s", share(g["lost_img_s"])),
+        (f"end to end (eval run, {g['end_to_end_images']} images, batch {g['end_to_end_batch']})", f"{g['end_to_end_img_s']:.1f} img/s",
+         share(g["end_to_end_img_s"]) + ", target >= 1000 img/s"),
+    ]

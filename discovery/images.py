@@ -9,6 +9,7 @@ text is one line.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -169,6 +170,63 @@ def normalize_and_pad(rgb: np.ndarray, mean, std, stride: int) -> torch.Tensor:
     height, width = rgb.shape[:2]
     hp, wp = padded_size((height, width), stride)
     return F.pad(t, (0, wp - width, 0, hp - height))
+
+
+def _batch_layout(images: torch.Tensor | Sequence[np.ndarray], stride: int, pin_memory: bool):
+    """uint8 ``(B, Hp, Wp, 3)`` on the CPU, zero beyond each image, and the ``(H, W)`` of each."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[3] != 3 or images.dtype != torch.uint8:
+            raise ValueError(f"a batch must be uint8 (B, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+        size = (int(images.shape[1]), int(images.shape[2]))
+        hp, wp = padded_size(size, stride)
+        if (hp, wp) == size:
+            return images, [size] * images.shape[0]
+        images = F.pad(images, (0, 0, 0, wp - size[1], 0, hp - size[0]))
+        return images, [size] * images.shape[0]
+    if not images:
+        raise ValueError("a batch needs at least one image")
+    sizes = [(int(a.shape[0]), int(a.shape[1])) for a in images]
+    padded = {padded_size(s, stride) for s in sizes}
+    if len(padded) != 1:
+        raise ValueError(f"a batch needs one padded size, got {sorted(padded)}")
+    hp, wp = padded.pop()
+    out = torch.zeros((len(images), hp, wp, 3), dtype=torch.uint8, pin_memory=pin_memory)
+    view = out.numpy()
+    for slot, rgb, (h, w) in zip(view, images, sizes):
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"batch images must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+        slot[:h, :w] = rgb
+    return out, sizes
+
+
+def normalize_and_pad_batch(
+    images: torch.Tensor | Sequence[np.ndarray], mean, std, stride: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """RGB uint8 images of one padded size → normalised ``(B, 3, Hp, Wp)`` float32 on ``device``.
+
+    ``images``: a uint8 ``(B, H, W, 3)`` tensor (all ``H x W``; on any device) or a list of uint8
+    ``(H_i, W_i, 3)`` arrays whose sizes pad to the same ``(Hp, Wp)``. Only uint8 crosses to the
+    device (from pinned memory, without blocking, when ``device`` is CUDA); normalisation and
+    padding happen there. Each image equals :func:`normalize_and_pad` of it bit for bit (float32
+    ``(x / 255 - mean) / std``, zeros after normalisation beyond the image).
+    """
+    device = torch.device(device)
+    pin = device.type == "cuda" and not isinstance(images, torch.Tensor)
+    batch, sizes = _batch_layout(images, stride, pin)
+    batch = batch.to(device, non_blocking=True)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
+    t = batch.permute(0, 3, 1, 2).float().div_(255)
+    t = (t - mean_t) / std_t
+    hp, wp = t.shape[2:]
+    if any(s != (hp, wp) for s in sizes):
+        heights = torch.tensor([s[0] for s in sizes], device=device)
+        widths = torch.tensor([s[1] for s in sizes], device=device)
+        inside = (torch.arange(hp, device=device)[None, :, None] < heights[:, None, None]) & (
+            torch.arange(wp, device=device)[None, None, :] < widths[:, None, None]
+        )
+        t = torch.where(inside[:, None], t, torch.zeros((), device=device))
+    return t
 
 
 def prepare(source: ImageInput, mean, std, stride: int = 16, max_side: int | None = None) -> PreparedImage:

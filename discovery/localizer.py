@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .backbones import Backbone, fold_batchnorm, load_backbone
-from .images import ImageInput, PreparedImage, prepare
+from .images import ImageInput, PreparedImage, normalize_and_pad_batch, prepare
 from .lost import DEFAULT_K, LostResult, localize_batch
+from .precision import fp32_math
 
 DEFAULT_MAX_SIDE = 1024
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,6 +82,8 @@ class Localizer:
         fuse_batchnorm: run a copy of the trunk with every BatchNorm folded into the convolution
             before it (5-15 % faster on CPU; features equal to ~1e-6 relative). The copy is taken
             now: a backbone modified later needs a new Localizer (:meth:`with_backbone`).
+        tf32: let CUDA convolutions and matmuls use TensorFloat-32 for fp32 math (PyTorch's
+            default for cuDNN). Off: GPU fp32 is IEEE fp32 (see :mod:`discovery.precision`).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Localizer:
         channels_last: bool = True,
         precision: str = "fp32",
         fuse_batchnorm: bool = True,
+        tf32: bool = False,
     ):
         if max_side is not None and max_side < 1:
             raise ValueError(f"max_side must be at least 1 (or None for native resolution), got {max_side}")
@@ -103,6 +108,7 @@ class Localizer:
         self.backbone = backbone
         self.max_side = max_side
         self.precision = precision
+        self.tf32 = tf32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.fuse_batchnorm = fuse_batchnorm
         self.trunk = fold_batchnorm(backbone.trunk) if fuse_batchnorm else backbone.trunk
@@ -112,7 +118,7 @@ class Localizer:
         """A Localizer with the same settings around another (e.g. modified) backbone."""
         return Localizer(
             backbone, max_side=self.max_side, precision=self.precision,
-            channels_last=self.memory_format == torch.channels_last, fuse_batchnorm=self.fuse_batchnorm,
+            channels_last=self.memory_format == torch.channels_last, fuse_batchnorm=self.fuse_batchnorm, tf32=self.tf32,
         )
 
     @property
@@ -129,7 +135,7 @@ class Localizer:
         (in the trunk's memory format: channels-last by default, the ``(N, d)`` layout LOST reads)."""
         x = batch.to(self.backbone.device).contiguous(memory_format=self.memory_format)
         dtype = PRECISIONS[self.precision]
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        with fp32_math(self.tf32), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             out = self.trunk(x)
         return out.float()
 
@@ -146,6 +152,16 @@ class Localizer:
         feats = self.features(torch.stack([p.tensor for p in images]))
         return [Embedding(p, f) for p, f in zip(images, feats)]
 
+    def embed_arrays(self, images: Sequence[np.ndarray]) -> list[Embedding]:
+        """One forward pass over RGB uint8 ``(H, W, 3)`` arrays of one padded size, at native
+        resolution (no ``max_side``, no EXIF): only uint8 goes to the device, where it is
+        normalised and padded (:func:`~discovery.images.normalize_and_pad_batch`). Each
+        embedding's ``image.tensor`` is a view into the device batch."""
+        batch = normalize_and_pad_batch(images, self.backbone.mean, self.backbone.std, self.stride, self.backbone.device)
+        feats = self.features(batch)
+        sizes = [(int(a.shape[0]), int(a.shape[1])) for a in images]
+        return [Embedding(PreparedImage(t, s, s, a), f) for t, s, a, f in zip(batch, sizes, images, feats)]
+
     def localize(
         self, embedding: Embedding | Sequence[Embedding], k: int = DEFAULT_K
     ) -> Localization | list[Localization]:
@@ -158,7 +174,8 @@ class Localizer:
         single = isinstance(embedding, Embedding)
         items = [embedding] if single else list(embedding)
         feats = torch.stack([e.features for e in items])
-        raw = localize_batch(feats, [e.image.size for e in items], stride=self.stride, k=k)
+        with fp32_math(self.tf32):
+            raw = localize_batch(feats, [e.image.size for e in items], stride=self.stride, k=k)
         out = [self._to_original(e.image, r, k) for e, r in zip(items, raw)]
         return out[0] if single else out
 

@@ -110,7 +110,7 @@ def localize_batch(
     order = torch.sort(degree, dim=1, stable=True).indices  # ties: ascending patch index
     potentials = order[:, : min(k, n)]  # (B, k)
     seeds = potentials[:, 0]
-    rows = torch.arange(batch)
+    rows = torch.arange(batch, device=features.device)
     seed_rows = affinity[rows, seeds]  # (B, N)
     keep = torch.gather(seed_rows, 1, potentials) > 0
     keep[:, 0] = True  # the seed is always part of its expansion
@@ -120,9 +120,10 @@ def localize_batch(
 
     positive_m = (similarity > 0).reshape(batch, h, w).cpu().numpy()
     degree_maps = degree.reshape(batch, h, w).cpu()
+    seed_list = seeds.tolist()  # one device-to-host copy, not one per image
     results = []
     for i in range(batch):
-        seed = divmod(int(seeds[i]), w)
+        seed = divmod(int(seed_list[i]), w)
         mask = seed_component(positive_m[i], seed)
         box = mask_to_box(mask, (float(stride), float(stride)), tuple(image_sizes[i]))
         results.append(LostResult(box, seed, degree_maps[i], torch.from_numpy(mask)))

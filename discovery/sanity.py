@@ -103,7 +103,10 @@ def sanity_check(
     net = copy.deepcopy(explainer.backbone)
     fixed = original.target if method == "gradcam" else None
     steps = []
-    with torch.random.fork_rng(devices=[]):
+    device = explainer.backbone.device
+    # on a GPU the re-initialisation draws from that device's generator: fork it too, so the
+    # caller's CUDA random state is left as it was
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for layer in SANITY_LAYERS:
             if layer == "fc":

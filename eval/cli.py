@@ -43,11 +43,13 @@ def build_parser(prog: str = "python -m eval") -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=100, help="LOST expansion candidates (default 100)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass, same padded size only (default: 1 on CPU, 16 on GPU)")
+                   help="images per forward pass, same padded size only (default: 1 on CPU, 32 on GPU)")
     p.add_argument("--workers", type=int, default=None,
-                   help="image-decoding processes, 0 decodes inline (default: 0 on <= 2 cores, else half the cores, at most 4)")
+                   help="image-decoding processes, 0 decodes inline (default: 0 on <= 2 cores; else CPU: half the cores, at most 4; GPU: all cores but 2, at most 16)")
     p.add_argument("--method", default="lost", metavar="METHOD",
                    help=f"box method: {', '.join(METHODS)}, or cad:FILE, a `discovery cad train` detector (default lost)")
+    p.add_argument("--tf32", action="store_true",
+                   help="let CUDA fp32 convolutions/matmuls use TensorFloat-32 (faster; default: IEEE fp32, recorded in config.json)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="trunk precision: fp32 (default, the protocol) or bf16/fp16 autocast (GPU speed; boxes may change)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         dataset=args.dataset, root=args.root, backbone=args.backbone, out=args.out, stride=args.stride, k=args.k,
         no_hard=args.no_hard, limit=args.limit, batch_size=args.batch_size, workers=args.workers, method=args.method,
         device=args.device, weights_dir=args.weights_dir, image_list=args.image_list, skip_bad=args.skip_bad,
-        precision=args.precision, progress=not args.no_progress,
+        precision=args.precision, tf32=args.tf32, progress=not args.no_progress,
     )
     summary = run(opts)
     if summary is not None:

@@ -33,7 +33,9 @@ from tqdm import tqdm
 import discovery
 from discovery.distributed import DistContext, setup, teardown
 from discovery.files import write_text_atomic
+from discovery.images import PreparedImage
 from discovery.localizer import Embedding, Localizer
+from discovery.precision import precision_record
 
 from . import predictions as P
 from .datasets import Dataset, Item, open_dataset
@@ -61,7 +63,8 @@ class RunOptions:
     """Everything ``eval run`` takes. ``limit``: evaluate only the first N images of the split;
     ``batch_size``: images per forward pass (same padded size only); ``workers``: decoding
     processes (``None`` for either: :func:`default_batch_size` / :func:`default_workers`); ``skip_bad``: leave out images with bad annotations or unreadable files;
-    ``precision``: ``fp32`` (the protocol) or ``bf16``/``fp16`` autocast for the trunk on GPUs."""
+    ``precision``: ``fp32`` (the protocol) or ``bf16``/``fp16`` autocast for the trunk on GPUs;
+    ``tf32``: let CUDA fp32 math use TensorFloat-32 (off: IEEE fp32, see :mod:`discovery.precision`)."""
 
     dataset: str
     root: Path
@@ -76,6 +79,7 @@ class RunOptions:
     method: str = "lost"
     device: str = "cpu"
     precision: str = "fp32"
+    tf32: bool = False
     weights_dir: Path | None = None
     image_list: Path | None = None
     skip_bad: bool = False
@@ -124,7 +128,7 @@ def run_config(opts: RunOptions, dataset: Dataset, localizer: Localizer, method:
         "weights_sha256": info.sha256,
         "stride": localizer.stride,
         "k": opts.k,
-        "precision": localizer.precision,
+        **precision_record(localizer.backbone.device, localizer.precision, localizer.tf32),
         **extra,
     }
 
@@ -193,15 +197,22 @@ def make_record(item: Item, proposal: Proposal) -> dict:
 
 def default_batch_size(device: str) -> int:
     """1 on CPUs, where bigger batches measured slower (``python -m bench``: activations leave the
-    caches), 16 on GPUs."""
-    return 16 if str(device).startswith("cuda") else 1
+    caches), 32 on GPUs (DESIGN.md §8b: batch 32 fed the H200 better than 16)."""
+    return 32 if str(device).startswith("cuda") else 1
 
 
-def default_workers() -> int:
+def default_workers(device: str = "cpu") -> int:
     """Decoding processes: none on a machine of two cores or fewer (a worker would take a core
-    from the convolutions), else half the cores, at most 4."""
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores // 2)
+    from the convolutions; measured faster). On CPUs half the cores, at most 4 (the rest run the
+    network); on GPUs every core but two (the main process feeds the device), at most 16. Under
+    torchrun the node's cores are split between its processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: processes share the node
+    if cores <= 2:
+        return 0
+    if str(device).startswith("cuda"):
+        return min(16, cores - 2)
+    return min(4, cores // 2)
 
 
 def run(opts: RunOptions) -> dict | None:
@@ -215,7 +226,7 @@ def run(opts: RunOptions) -> dict | None:
     opts = replace(
         opts,
         batch_size=default_batch_size(opts.device) if opts.batch_size is None else opts.batch_size,
-        workers=default_workers() if opts.workers is None else opts.workers,
+        workers=default_workers(opts.device) if opts.workers is None else opts.workers,
     )
     if opts.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {opts.batch_size}")
@@ -236,7 +247,7 @@ def _start(opts: RunOptions, ctx: DistContext, method: Method) -> tuple[dict, Lo
         method.load(ctx.device)
     localizer = Localizer(
         localizer_backbone(opts, method), device=ctx.device, stride=opts.stride, max_side=None, weights_dir=opts.weights_dir,
-        precision=opts.precision,
+        precision=opts.precision, tf32=opts.tf32,
     )
     config = run_config(opts, dataset, localizer, method)
     out = Path(opts.out)
@@ -273,7 +284,7 @@ def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
     if localizer is None:  # other ranks load the weights rank 0 verified (no concurrent downloads)
         localizer = Localizer(
             localizer_backbone(opts, method), device=ctx.device, stride=opts.stride, max_side=None,
-            weights_dir=opts.weights_dir, download=False, precision=opts.precision,
+            weights_dir=opts.weights_dir, download=False, precision=opts.precision, tf32=opts.tf32,
         )
         if localizer.backbone.info.sha256 != config["weights_sha256"]:
             raise RunError(f"rank {ctx.rank} loaded other weights than rank 0 ({localizer.backbone.info.sha256[:12]})")
@@ -288,25 +299,25 @@ def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
     seen, hits = len(prior), sum(bool(r.get("correct")) for r in prior)
     mine: list[dict] = []
     skipped: list[tuple[str, str]] = []
-    backbone = localizer.backbone
     loop_start = time.perf_counter()
     bar = tqdm(
         total=len(shard), disable=not (ctx.is_main and opts.progress), unit="img", dynamic_ncols=True,
         desc=f"{opts.dataset} {opts.method}" + (f" rank0/{ctx.world_size}" if ctx.active else ""),
     )
     with open(stream_path, "a" if not ctx.active else "w") as fh, bar:
-        stream = decoded_stream(shard, backbone.mean, backbone.std, localizer.stride, opts.workers)
+        stream = decoded_stream(shard, localizer.stride, opts.workers)
         for batch in bucketed(stream, opts.batch_size):
-            good = [d for d in batch if d.image is not None]
-            for bad in (d for d in batch if d.image is None):
+            good = [d for d in batch if d.rgb is not None]
+            for bad in (d for d in batch if d.rgb is None):
                 if not opts.skip_bad:
                     raise RunError(f"{bad.error} (use --skip-bad to leave such images out)")
                 skipped.append((bad.item.image_id, bad.error))
             if good:
+                rgbs = [d.rgb for d in good]
                 if needs_features(method):
-                    embeddings = localizer.embed_batch([d.image for d in good])
-                else:
-                    embeddings = [Embedding(d.image, torch.empty(0)) for d in good]
+                    embeddings = localizer.embed_arrays(rgbs)
+                else:  # a detector reads the pixels alone
+                    embeddings = [Embedding(PreparedImage(torch.empty(0), a.shape[:2], a.shape[:2], a), torch.empty(0)) for a in rgbs]
                 proposals = method(localizer, embeddings, opts.k)
                 records = [make_record(d.item, p) for d, p in zip(good, proposals)]
                 P.append_records(fh, records)
@@ -361,6 +372,7 @@ def _finish(
         "stride": config["stride"],
         "k": config["k"],
         "precision": config["precision"],
+        "fp32_math": config["fp32_math"],
         **{key: config[key] for key in ("detector_sha256", "detector_base") if key in config},
         **dataset_summary(dataset),
         "limit": opts.limit,

@@ -41,3 +41,28 @@ def test_make_voc_writes_voc_sized_images(tmp_path):
     paths = make_voc(tmp_path, 3)
     assert [p.name for p in paths] == ["000001.jpg", "000002.jpg", "000003.jpg"]
     assert (tmp_path / "VOCdevkit" / "VOC2007" / "Annotations" / "000001.xml").is_file()
+
+
+def test_device_figures_run_on_cpu(tmp_path, capsys):
+    """The GPU table's code path, on the CPU at a small size (the figures are not meaningful here)."""
+    from bench.pipeline import device_figures
+    from bench.run import gpu_rows
+    from eval.datasets import open_dataset
+
+    make_voc(tmp_path, 3)
+    items = open_dataset("voc07", tmp_path).items
+    figures = device_figures(items, "cpu", workers=0, batch=2, size=(64, 96), repeats=1)
+    for key in ("trunk_fp32_img_s", "trunk_bf16_img_s", "input_img_s", "lost_img_s"):
+        assert figures[key] > 0, key
+    assert figures["machine"] and figures["date"] and figures["fp32_math"] == "ieee"
+    rows = gpu_rows({**figures, "end_to_end_img_s": 1.0, "end_to_end_batch": 1, "end_to_end_images": 3})
+    assert any("of the fp32 trunk" in note for _, _, note in rows)
+
+
+def test_bench_refuses_a_device_this_machine_lacks(capsys):
+    from bench.run import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["--quick", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.startswith("error: --device cuda: CUDA is not available")

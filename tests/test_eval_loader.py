@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from discovery.images import PreparedImage, decode
+from discovery.images import decode
 from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
 from eval.cli import main
 from eval.datasets import Item, open_dataset
-from eval.loader import Decoded, DecodeDataset, bucketed, decoded_stream, load_image
+from eval.loader import Decoded, DecodeDataset, bucketed, decoded_stream, load_image, read_rgb
 from eval.methods import METHODS, get_method
 from eval.synth import synthetic_images
 
@@ -36,17 +36,18 @@ def test_unreadable_image_is_reported_not_raised(tmp_path):
     bad.write_bytes(b"not a jpeg")
     good = tmp_path / "good.jpg"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(good)
-    ds = DecodeDataset([Item("g", good, np.zeros((0, 4))), Item("b", bad, np.zeros((0, 4)))], IMAGENET_MEAN, IMAGENET_STD, 16)
-    assert ds[0].image is not None and ds[0].error is None
-    assert ds[1].image is None and ds[1].error.startswith(f"cannot read image {bad}: ") and "\n" not in ds[1].error
+    ds = DecodeDataset([Item("g", good, np.zeros((0, 4))), Item("b", bad, np.zeros((0, 4)))], 16, chunk=2)
+    assert len(ds) == 1
+    first, second = ds[0].unpack(16)
+    assert first.rgb.shape == (16, 16, 3) and first.padded == (16, 16) and first.error is None
+    assert second.rgb is None and second.error.startswith(f"cannot read image {bad}: ") and "\n" not in second.error
 
 
 def _decoded(i: int, hw: tuple[int, int] | None) -> Decoded:
     item = Item(str(i), Path(f"{i}.jpg"), np.zeros((0, 4)))
     if hw is None:
-        return Decoded(item, None, "cannot read image")
-    tensor = torch.zeros(3, *hw)
-    return Decoded(item, PreparedImage(tensor, hw, hw, np.zeros((1, 1, 3), np.uint8)))
+        return Decoded(item, None, None, "cannot read image")
+    return Decoded(item, np.zeros((*hw, 3), np.uint8), hw)
 
 
 def test_bucketing_never_mixes_padded_shapes_and_keeps_every_image_once():
@@ -58,10 +59,10 @@ def test_bucketing_never_mixes_padded_shapes_and_keeps_every_image_once():
     assert sorted(seen, key=int) == [str(i) for i in range(60)]
     for batch in batches:
         assert 1 <= len(batch) <= 3
-        if batch[0].image is None:
+        if batch[0].rgb is None:
             assert len(batch) == 1
         else:
-            assert len({tuple(d.image.tensor.shape) for d in batch}) == 1
+            assert len({d.padded for d in batch}) == 1
     assert any(len(b) == 3 for b in batches)
     again = [[d.item.image_id for d in b] for b in bucketed(iter(stream), batch_size=3, max_waiting=5)]
     assert again == [[d.item.image_id for d in b] for b in batches]  # a pure function of the order
@@ -92,11 +93,55 @@ def test_decoded_stream_workers_keep_order(tmp_path):
         path = tmp_path / f"{i}.png"
         Image.fromarray(np.full((*hw, 3), 10 * i, np.uint8)).save(path)
         items.append(Item(str(i), path, np.zeros((0, 4))))
-    inline = list(decoded_stream(items, IMAGENET_MEAN, IMAGENET_STD, 16, workers=0))
-    pooled = list(decoded_stream(items, IMAGENET_MEAN, IMAGENET_STD, 16, workers=1))
-    assert [d.item.image_id for d in pooled] == ["0", "1", "2"]
-    for a, b in zip(inline, pooled):
-        assert torch.equal(a.image.tensor, b.image.tensor)
+    inline = list(decoded_stream(items, 16, workers=0))
+    for chunk in (1, 2, 8):
+        pooled = list(decoded_stream(items, 16, workers=2, chunk=chunk))
+        assert [d.item.image_id for d in pooled] == ["0", "1", "2"]
+        for a, b in zip(inline, pooled):
+            np.testing.assert_array_equal(a.rgb, b.rgb)
+            assert a.padded == b.padded
+
+
+def _jpeg_variants(folder: Path) -> list[Path]:
+    """JPEGs as cameras and datasets write them: VOC sizes, odd sizes, 4:4:4 / 4:2:2 / 4:2:0
+    subsampling, baseline and progressive, several qualities, plus grayscale and CMYK ones."""
+    from eval.synth import make_image
+
+    rng = np.random.default_rng(5)
+    paths = []
+    sizes = [(375, 500), (500, 375), (333, 500), (37, 51), (17, 16), (1, 9)]
+    for i in range(24):
+        rgb = make_image(rng, i, sizes[i % len(sizes)]).rgb if min(sizes[i % len(sizes)]) > 30 else rng.integers(
+            0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8)
+        path = folder / f"{i:02d}.jpg"
+        Image.fromarray(rgb).save(path, quality=(60, 75, 90, 95)[i % 4], subsampling=i % 3, progressive=bool(i % 2))
+        paths.append(path)
+    gray, cmyk = folder / "gray.jpg", folder / "cmyk.jpg"
+    Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(gray)
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).convert("CMYK").save(cmyk)
+    return paths + [gray, cmyk]
+
+
+def test_jpeg_decoding_gives_pils_pixels(tmp_path):
+    for path in _jpeg_variants(tmp_path):
+        with Image.open(path) as img:
+            expected = np.array(img.convert("RGB"))
+        got = read_rgb(path)
+        assert got.dtype == np.uint8 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected, err_msg=path.name)
+
+
+def test_jpeg_fast_path_is_taken_for_colour_jpegs(tmp_path, monkeypatch):
+    import eval.loader as L
+
+    calls = []
+    real = L._decode_jpeg_rgb
+    monkeypatch.setattr(L, "_decode_jpeg_rgb", lambda data: calls.append(real(data)) or calls[-1])
+    paths = _jpeg_variants(tmp_path)
+    for path in paths:
+        read_rgb(path)
+    assert len(calls) == len(paths)
+    assert sum(c is not None for c in calls) == len(paths) - 2  # grayscale and CMYK go through PIL
 
 
 def test_method_registry():

@@ -86,8 +86,10 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata, less the run's measured speed (the one thing that varies between runs)."""
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["discovery"])
+        assert meta.pop("throughput")["images_per_s"] > 0
         return {k: fh.get_tensor(k) for k in fh.keys()}, meta
 
 
@@ -218,7 +220,7 @@ def test_tiny_run_from_registry_name_loads_in_localizer(bases, images, tmp_path,
 
     with open(dyn, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["step", "epoch", "ce", "kl", "loss", "lr", "hist_0", "hist_1", "hist_2", "speed"]
+    assert list(rows[0]) == ["step", "epoch", "ce", "kl", "loss", "lr", "hist_0", "hist_1", "hist_2", "speed", "grad_norm"]
     assert [int(r["step"]) for r in rows] == [0, 1]
     assert float(rows[0]["kl"]) == 0.0  # student == teacher before the first update
     assert all(sum(int(r[f"hist_{c}"]) for c in range(3)) == 4 for r in rows)
@@ -407,3 +409,54 @@ def test_plot_refuses_what_is_not_a_dynamics_csv(tmp_path, capsys):
         rc, _, err = run(capsys, "pul", "plot", path, "--out", tmp_path / "x.png")
         assert rc == 2 and err.startswith("error:") and needle in err and err.count("\n") == 1
     assert not (tmp_path / "x.png").exists()
+
+
+# --- stability guard ------------------------------------------------------------------------------
+
+
+def test_warmup_and_decay_schedule():
+    from discovery.pul.model import lr_factor
+
+    assert lr_factor(0, 100, decay=False) == 1.0
+    assert [lr_factor(s, 100, decay=False, warmup_steps=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(50, 100, decay=True, warmup_steps=4) == pytest.approx(6 ** -0.75)
+
+
+def test_guard_keeps_a_random_base_finite_at_the_default_lr(tmp_path, capsys):
+    """The reported blow-up, reproduced on the CPU: ``random`` base, default --lr, 64 px crops.
+    Unguarded, cross-entropy goes from ~6 to ~1e4-1e5 after one step and then NaN; the default
+    guard (gradient clipping, warm-up) keeps it finite and falling."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        img = rng.integers(0, 90, (72, 96, 3), dtype=np.uint8)
+        img[18:54, 30:70] = rng.integers(150, 255, 3, dtype=np.uint8)
+        Image.fromarray(img).save(images / f"{i:02d}.png")
+    common = ["pul", "train", "--no-progress", "--workers", "0", "--input-size", "64", "--batch-size", "8",
+              "--epochs", "3", "--base", "random", "--images", images]
+    rc, _, err = run(capsys, *common, "--grad-clip", "0", "--warmup-steps", "0", "--out", tmp_path / "bad.safetensors",
+                     "--log-dynamics", tmp_path / "bad.csv")
+    assert rc == 2 and "non-finite" in err
+    assert read_dynamics(tmp_path / "bad.csv")["ce"][1] > 100  # the blow-up
+    out = tmp_path / "good.safetensors"
+    rc, _, err = run(capsys, *common, "--out", out, "--log-dynamics", tmp_path / "good.csv")
+    assert rc == 0, err
+    assert "images/s" in err
+    dyn = read_dynamics(tmp_path / "good.csv")
+    assert np.isfinite(dyn["ce"]).all() and dyn["ce"][-1] < dyn["ce"][0] < 100
+    assert (dyn["grad_norm"] > 2.0).any()  # the clip was needed
+    _, meta = read_checkpoint(out)
+    assert meta["grad_clip"] == 2.0 and meta["warmup_steps"] == 20 and "clipped to 2.0" in meta["stability_guard"]
+    assert "warm-up" in meta["lr_schedule"] and meta["precision"] == "fp32" and meta["fp32_math"] == "ieee"
+
+
+def test_bf16_training_runs_and_is_recorded(tmp_path, capsys, bases):
+    images = make_images(tmp_path / "images", n=4)
+    out = tmp_path / "bf16.safetensors"
+    rc, _, err = run(capsys, *TRAIN, "--base", bases["fc"], "--images", images, "--precision", "bf16", "--out", out)
+    assert rc == 0, err
+    _, meta = read_checkpoint(out)
+    assert meta["precision"] == "bf16"
+    rc, _, err = run(capsys, *TRAIN, "--base", bases["fc"], "--images", images, "--grad-clip", "-1", "--out", tmp_path / "x.safetensors")
+    assert rc == 2 and err.startswith("error: --grad-clip")

@@ -29,6 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--kl-weight", type=float, default=d.kl_weight, help=f"weight of T^2*KL (default {d.kl_weight:g})")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"global batch size (default {d.batch_size})")
     t.add_argument("--lr", type=float, default=d.lr, help=f"projector learning rate; trunk uses {d.trunk_lr_scale:g}x (default {d.lr:g})")
+    t.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                   help=f"clip the global gradient norm to this before each step, 0: off (default {d.grad_clip:g})")
+    t.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"raise the learning rate linearly over this many first steps, 0: off (default {d.warmup_steps})")
+    t.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"),
+                   help="fp32 (default) or bf16 autocast for the forward passes (GPUs)")
+    t.add_argument("--tf32", action="store_true", help="let CUDA fp32 math use TensorFloat-32 (default: IEEE fp32)")
     t.add_argument("--seed", type=int, default=d.seed, help=f"labels, order, augmentation, init (default {d.seed})")
     t.add_argument("--workers", type=int, default=d.workers, help=f"image decoding workers (default {d.workers})")
     t.add_argument("--input-size", type=int, default=d.input_size, help=f"training crop side in pixels (default {d.input_size})")
@@ -56,7 +63,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = PULConfig(
         base=args.base, out=args.out, images=args.images, dataset=args.dataset, root=args.root,
         epochs=args.epochs, classes=args.classes, temperature=args.temperature, kl_weight=args.kl_weight,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
+        batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, warmup_steps=args.warmup_steps,
+        precision=args.precision, tf32=args.tf32, seed=args.seed, workers=args.workers,
         input_size=args.input_size, checkpoint_every=args.checkpoint_every, stop_after=args.stop_after,
         resume=args.resume, overwrite=args.overwrite, log_dynamics=args.log_dynamics, device=args.device,
         weights_dir=args.weights_dir, progress=not args.no_progress,

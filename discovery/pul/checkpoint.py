@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..precision import precision_record
 from .data import labels_digest, resize_side
 from .model import HEADLESS_CLASSES, TRAIN_STRIDE
 
@@ -61,7 +62,10 @@ def metadata(
         else f"frozen random linear head 2048->{HEADLESS_CLASSES} seeded from (seed, 'head'), shared by both",
         "projector": f"Linear(2048,{config.projector_width}) -> ReLU -> Linear({config.projector_width},{config.classes}) on global-average-pooled layer4",
         "optimizer": "SGD",
-        "lr_schedule": "lr * (1 + 10 * step / total_steps) ** -0.75" if config.lr_decay else "constant",
+        "lr_schedule": ("lr * (1 + 10 * step / total_steps) ** -0.75" if config.lr_decay else "constant")
+        + (f" * min(1, (step + 1) / {config.warmup_steps}) (linear warm-up)" if config.warmup_steps else ""),
+        "stability_guard": f"global gradient L2 norm clipped to {config.grad_clip}" if config.grad_clip else "no gradient clipping",
+        **precision_record(dist.device, config.precision, config.tf32),
         "bn_mode": "eval (running statistics frozen, affine weights trained) in teacher and student",
         "train_stride": TRAIN_STRIDE,
         "augmentation": f"resize to {resize_side(config.input_size)}x{resize_side(config.input_size)} bilinear, random {config.input_size} crop, random horizontal flip (per-image generator from seed, epoch, index)",

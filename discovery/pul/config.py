@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..distributed import DistContext
 from ..splits import DATASETS
 from ..trainstate import state_path
@@ -15,7 +17,10 @@ from .data import PULError
 RESULT_FIELDS = (
     "epochs", "classes", "temperature", "kl_weight", "batch_size", "lr", "trunk_lr_scale", "momentum",
     "weight_decay", "nesterov", "lr_decay", "seed", "input_size", "projector_width", "probe_size",
+    "grad_clip", "warmup_steps", "precision", "tf32",
 )
+#: Autocast dtypes for training (fp16 would need a gradient scaler; bf16 does not).
+TRAIN_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,12 @@ class PULConfig:
         lr: learning rate of the projector; the trunk (and fc) use ``lr * trunk_lr_scale``.
         momentum, weight_decay, nesterov: SGD settings (SHOT's).
         lr_decay: SHOT's schedule ``lr * (1 + 10 p)^-0.75`` with ``p`` = progress in [0, 1]; off: constant.
+        grad_clip: the stability guard: the global L2 norm of all gradients is clipped to this
+            before each step (0: off). warmup_steps: the learning rate rises linearly over this
+            many first steps (0: off). See :func:`~discovery.pul.model.clip_gradients` and
+            :func:`~discovery.pul.model.lr_factor`.
+        precision: ``fp32``, or ``bf16`` autocast for the forward passes (GPUs); tf32: let CUDA
+            fp32 math use TensorFloat-32 (off: IEEE fp32).
         seed: every random choice (labels, order, augmentation, projector, probe, random head).
         input_size: training crop side in pixels (images are resized to ``round(S*256/224)`` first).
         projector_width: hidden width of the two-layer projector ``2048 -> W -> classes``.
@@ -62,6 +73,10 @@ class PULConfig:
     weight_decay: float = 1e-3
     nesterov: bool = True
     lr_decay: bool = True
+    grad_clip: float = 2.0
+    warmup_steps: int = 20
+    precision: str = "fp32"
+    tf32: bool = False
     seed: int = 0
     input_size: int = 224
     projector_width: int = 256
@@ -108,6 +123,9 @@ def validate(config: PULConfig, dist: DistContext) -> None:
         (config.temperature > 0, f"--temperature must be positive (got {config.temperature})"),
         (config.kl_weight >= 0, f"--kl-weight must be >= 0 (got {config.kl_weight})"),
         (config.lr > 0, f"--lr must be positive (got {config.lr})"),
+        (config.grad_clip >= 0, f"--grad-clip must be >= 0 (0: off; got {config.grad_clip})"),
+        (config.warmup_steps >= 0, f"--warmup-steps must be >= 0 (0: off; got {config.warmup_steps})"),
+        (config.precision in TRAIN_PRECISIONS, f"--precision must be one of {', '.join(TRAIN_PRECISIONS)} (got {config.precision})"),
         (config.input_size >= 32, f"--input-size must be at least 32 pixels (got {config.input_size})"),
         (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})"),
         (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {config.checkpoint_every})"),

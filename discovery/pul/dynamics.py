@@ -19,7 +19,7 @@ class DynamicsLog:
 
     def __init__(self, path: Path, classes: int, start_step: int):
         self.path = Path(path)
-        self.columns = ["step", "epoch", "ce", "kl", "loss", "lr", *(f"hist_{c}" for c in range(classes)), "speed"]
+        self.columns = ["step", "epoch", "ce", "kl", "loss", "lr", *(f"hist_{c}" for c in range(classes)), "speed", "grad_norm"]
         kept: list[list[str]] = []
         if start_step > 0 and self.path.is_file():
             with open(self.path, newline="") as fh:
@@ -33,8 +33,12 @@ class DynamicsLog:
         self._writer.writerows(kept)
         self._fh.flush()
 
-    def write(self, step: int, epoch: int, ce: float, kl: float, loss: float, lr: float, hist: list[int], speed: float) -> None:
-        self._writer.writerow([step, epoch, f"{ce:.9g}", f"{kl:.9g}", f"{loss:.9g}", f"{lr:.9g}", *hist, f"{speed:.9g}"])
+    def write(
+        self, step: int, epoch: int, ce: float, kl: float, loss: float, lr: float, hist: list[int], speed: float, grad_norm: float,
+    ) -> None:
+        self._writer.writerow([
+            step, epoch, f"{ce:.9g}", f"{kl:.9g}", f"{loss:.9g}", f"{lr:.9g}", *hist, f"{speed:.9g}", f"{grad_norm:.9g}",
+        ])
         self._fh.flush()
 
     def close(self) -> None:

@@ -118,9 +118,26 @@ def check_finite(student: nn.Module, step: int, state_file: Path) -> None:
             )
 
 
-def lr_factor(step: int, total_steps: int, decay: bool) -> float:
-    """SHOT's schedule ``(1 + 10 * step / total)^-0.75`` (1 when ``decay`` is off)."""
-    return (1 + 10 * step / max(1, total_steps)) ** -0.75 if decay else 1.0
+def lr_factor(step: int, total_steps: int, decay: bool, warmup_steps: int = 0) -> float:
+    """SHOT's schedule ``(1 + 10 * step / total)^-0.75`` (1 when ``decay`` is off), times the
+    linear warm-up ``min(1, (step + 1) / warmup_steps)`` (none when ``warmup_steps`` is 0)."""
+    factor = (1 + 10 * step / max(1, total_steps)) ** -0.75 if decay else 1.0
+    return factor * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else factor
+
+
+def clip_gradients(student: nn.Module, max_norm: float) -> float:
+    """Scale the gradients so their global L2 norm is at most ``max_norm`` (0: leave them);
+    return the norm before clipping. Under DDP the gradients are already averaged, so every rank
+    clips identically. The norm is accumulated in float64, so the scale factor does not depend on
+    how many threads summed it (a resumed run in another process must take the same steps)."""
+    params = [p for p in student.parameters() if p.grad is not None]
+    norms = torch.stack([torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in params])
+    total = float(torch.linalg.vector_norm(norms))
+    if 0 < max_norm < total:
+        scale = max_norm / total
+        for p in params:
+            p.grad.mul_(scale)
+    return total
 
 
 def make_optimizer(student: PULStudent, config: PULConfig) -> torch.optim.SGD:

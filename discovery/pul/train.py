@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..backbones import Backbone, load_backbone
 from ..distributed import DistContext, from_env, join, teardown
+from ..precision import fp32_math
 from ..trainstate import (
     load_state,
     rng_state,
@@ -27,7 +28,7 @@ from ..trainstate import (
     state_path,
 )
 from .checkpoint import STATE_FORMAT, metadata
-from .config import PULConfig, PULResult, validate
+from .config import TRAIN_PRECISIONS, PULConfig, PULResult, validate
 from .data import (
     BatchList,
     ImageList,
@@ -48,6 +49,7 @@ from .model import (
     TRAIN_STRIDE,
     build_models,
     check_finite,
+    clip_gradients,
     distill_kl,
     function_speed,
     lr_factor,
@@ -123,10 +125,14 @@ def train(config: PULConfig, log: Callable[[str], None] | None = None) -> PULRes
 def losses(
     model: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, config: PULConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, ce, kl, projector logits)`` of one batch: ``CE + kl_weight * T^2 * KL(p_frozen || p_student)``."""
-    with torch.no_grad():
-        teacher_logits = teacher(x)
-    logits, predictions = model(x)
+    """``(loss, ce, kl, projector logits)`` of one batch: ``CE + kl_weight * T^2 * KL(p_frozen || p_student)``
+    (forward passes under the configured autocast and fp32 math; the losses in float32)."""
+    autocast = TRAIN_PRECISIONS[config.precision]
+    with fp32_math(config.tf32), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        logits, predictions = model(x)
+    logits, predictions, teacher_logits = logits.float(), predictions.float(), teacher_logits.float()
     ce = F.cross_entropy(logits, y)
     kl = distill_kl(predictions, teacher_logits, config.temperature)
     return ce + config.kl_weight * config.temperature**2 * kl, ce, kl, logits
@@ -147,16 +153,16 @@ class Probe:
         with torch.no_grad():
             self.before = student(batch)[0]
 
-    def record(self, step: int, epoch: int, sums: torch.Tensor, lr: float, config: PULConfig) -> None:
+    def record(self, step: int, epoch: int, sums: torch.Tensor, lr: float, grad_norm: float, config: PULConfig) -> None:
         sums = sums.cpu()
-        with torch.no_grad():
+        with torch.no_grad(), fp32_math(config.tf32):
             after = self.student(self.batch)[0]
         speed = function_speed(after, self.before)
         self.before = after
         count = float(sums[2:].sum())
         ce, kl = float(sums[0]) / count, float(sums[1]) / count
         loss = ce + config.kl_weight * config.temperature**2 * kl
-        self.log.write(step, epoch, ce, kl, loss, lr, [int(v) for v in sums[2:]], speed)
+        self.log.write(step, epoch, ce, kl, loss, lr, [int(v) for v in sums[2:]], speed, grad_norm)
 
 
 def _train(config: PULConfig, dist: DistContext, device: torch.device, images: ImageList, base: Backbone, say) -> PULResult:
@@ -236,7 +242,7 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
             for x, y, _ in loader:
                 x = x.to(device, non_blocking=True, memory_format=layout)
                 y = y.to(device, non_blocking=True)
-                factor = lr_factor(step, total_steps, config.lr_decay)
+                factor = lr_factor(step, total_steps, config.lr_decay, config.warmup_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
                 loss, ce, kl, logits = losses(model, teacher, x, y, config)
@@ -247,13 +253,15 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
                         f"lower --lr (the last saved state is {state_file})"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with fp32_math(config.tf32):
+                    loss.backward()
+                grad_norm = clip_gradients(student, config.grad_clip)
                 optimizer.step()
 
                 if config.log_dynamics is not None:
                     sums = dist.all_reduce_sum(batch_sums(ce, kl, logits, config.classes))
                     if probe is not None:
-                        probe.record(step, epoch, sums, optimizer.param_groups[-1]["lr"], config)
+                        probe.record(step, epoch, sums, optimizer.param_groups[-1]["lr"], grad_norm, config)
                 step += 1
                 seen += len(y) * dist.world_size
                 bar.update(1)
@@ -269,11 +277,15 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
         if probe is not None:
             probe.log.close()
 
+    elapsed = time.perf_counter() - clock
+    speed = round(seen / elapsed, 2) if seen and elapsed > 0 else 0.0
+    say(f"trained at {speed} images/s ({seen} images in {elapsed:.1f} s, {device}, {config.precision})")
     if stopped:
         say(f"stopped after step {step} of {total_steps}; continue with --resume (state: {state_file})")
         return PULResult(None, state_file, step, total_steps, len(usable), tuple(skipped))
     check_finite(student, step, state_file)
     meta = metadata(config, base, images, skipped, labels, step, dist)
+    meta["throughput"] = {"images_per_s": speed, "device": str(device), "of_this_process": "steps run since the last start"}
     if dist.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out, resnet_state(student, base.fc is not None), meta)
