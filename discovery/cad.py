@@ -37,11 +37,11 @@ from .detector import FORMAT, DetectorConfig, build_model, model_state
 from .distributed import DistContext, from_env, join, teardown
 from .pul.data import BatchList, derive_seed, generator, rank_batches, steps_per_epoch
 from .trainstate import (
-    load_state,
+    parallel,
+    restore,
     rng_state,
     save_checkpoint,
     save_state,
-    set_rng_state,
     state_path,
 )
 from .weights import sha256_file
@@ -311,20 +311,10 @@ def _train(config: CADConfig, dist: DistContext, device: torch.device, data: Pse
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     torch.manual_seed(derive_seed(config.seed, "train"))  # the transform's multi-scale draws
-    step = 0
+    step = restore(state_file, expected, STATE_FORMAT, "CAD", "model", model, optimizer, config.resume, config.overwrite, dist)
     if config.resume:
-        saved = load_state(state_file, expected, STATE_FORMAT, "CAD")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        set_rng_state(saved["rng"])
-        step = int(saved["step"])
         say(f"resuming {state_file} at iteration {step} of {config.iterations}")
-    elif dist.is_main and config.overwrite:
-        state_file.unlink(missing_ok=True)
-    dist.barrier()
-    net: nn.Module = model
-    if dist.active:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = parallel(model, device, dist)
 
     dataset = PseudoBoxImages(data, config.seed, config.flip)
     usable = list(range(len(dataset)))

@@ -76,3 +76,30 @@ def set_rng_state(saved: dict[str, Any]) -> None:
     torch.set_rng_state(saved["torch"])
     np.random.set_state(("MT19937", saved["numpy"].numpy().astype(np.uint32), saved["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(int(v) for v in saved["python"].tolist()), None))
+
+
+def restore(
+    state_file: Path, expected: dict[str, Any], state_format: str, what: str, model_key: str,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, resume: bool, overwrite: bool, dist,
+) -> int:
+    """The step a trainer starts at: with ``resume``, the saved state's (its weights under
+    ``model_key``, the optimiser and the generators are restored); else 0, after removing a stale
+    state file when ``overwrite``. Every rank calls this (it ends on a barrier)."""
+    step = 0
+    if resume:
+        saved = load_state(state_file, expected, state_format, what)
+        model.load_state_dict(saved[model_key])
+        optimizer.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+        step = int(saved["step"])
+    elif dist.is_main and overwrite:
+        state_file.unlink(missing_ok=True)
+    dist.barrier()
+    return step
+
+
+def parallel(model: torch.nn.Module, device: torch.device, dist) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun, else itself."""
+    if not dist.active:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -20,11 +20,11 @@ from ..backbones import Backbone, load_backbone
 from ..distributed import DistContext, from_env, join, teardown
 from ..precision import fp32_math
 from ..trainstate import (
-    load_state,
+    parallel,
+    restore,
     rng_state,
     save_checkpoint,
     save_state,
-    set_rng_state,
     state_path,
 )
 from .checkpoint import STATE_FORMAT, metadata
@@ -193,21 +193,10 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
     optimizer = make_optimizer(student, config)
     spe = steps_per_epoch(len(usable), config.batch_size, dist.world_size)
     total_steps = spe * config.epochs
-    step = 0
+    step = restore(state_file, expected, STATE_FORMAT, "PUL", "student", student, optimizer, config.resume, config.overwrite, dist)
     if config.resume:
-        saved = load_state(state_file, expected, STATE_FORMAT, "PUL")
-        student.load_state_dict(saved["student"])
-        optimizer.load_state_dict(saved["optimizer"])
-        set_rng_state(saved["rng"])
-        step = int(saved["step"])
         say(f"resuming {state_file} at step {step} of {total_steps}")
-    elif dist.is_main and config.overwrite:
-        state_file.unlink(missing_ok=True)
-    dist.barrier()
-
-    model: nn.Module = student
-    if dist.active:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    model = parallel(student, device, dist)
 
     probe = None
     if config.log_dynamics is not None and dist.is_main:
