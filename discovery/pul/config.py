@@ -34,7 +34,7 @@ class PULConfig:
         lr_decay: SHOT's schedule ``lr * (1 + 10 p)^-0.75`` with ``p`` = progress in [0, 1]; off: constant.
         seed: every random choice (labels, order, augmentation, projector, probe, random head).
         input_size: training crop side in pixels (images are resized to ``round(S*256/224)`` first).
-        projector_width: hidden width of the two-layer projector ``2048 -> W -> classes``.
+        projector_width: hidden width of the two-layer projector ``C -> W -> classes`` (C: the base's channels).
         probe_size: images in the fixed probe batch for the function speed.
         workers: DataLoader decode workers (0: in the main process).
         checkpoint_every: write the resumable state every N steps (and at every epoch end).
