@@ -67,7 +67,8 @@ class Backbone(nn.Module):
         name: the name recorded when ``info`` is not given.
         architecture: ``resnet50`` enables the ResNet-only paths (BatchNorm folding, the named
             sanity-check layers, torchvision-keyed PUL checkpoints); anything else is generic.
-        channels: C; measured with one small forward pass when not given.
+        channels: C; measured with one small forward pass when not given (which also checks
+            that ``4·stride`` pixels give 4 cells: a wrong ``stride`` is a ``ValueError``).
     """
 
     def __init__(
@@ -153,7 +154,7 @@ def state_sha256(*modules: nn.Module | None) -> str:
 def _measure_channels(trunk: nn.Module, stride: int) -> int:
     was_training = trunk.training
     param = next(trunk.parameters(), None)
-    x = torch.zeros(1, 3, 2 * stride, 2 * stride, device=param.device if param is not None else "cpu")
+    x = torch.zeros(1, 3, 4 * stride, 4 * stride, device=param.device if param is not None else "cpu")
     try:
         out = trunk.eval()(x)
     finally:
@@ -161,6 +162,8 @@ def _measure_channels(trunk: nn.Module, stride: int) -> int:
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"a backbone trunk must return a (B, C, h, w) tensor, got {shape}")
+    if tuple(out.shape[-2:]) != (4, 4):
+        raise ValueError(f"the trunk maps {4 * stride} px to {out.shape[-1]} cells: its output stride is not {stride}")
     return int(out.shape[1])
 
 
