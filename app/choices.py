@@ -56,7 +56,7 @@ def backbone_choices(weights_dir: Path | None = None, download: bool = False) ->
         else:
             label = name
         out.append(BackboneChoice(name, label, problem))
-    out.append(BackboneChoice(CHECKPOINT, "checkpoint: pul:PATH or .safetensors/.pt (type it below)", None))
+    out.append(BackboneChoice(CHECKPOINT, "checkpoint or other CNN: pul:PATH, .safetensors/.pt, timm:NAME, module:pkg.mod:factory (type it below)", None))
     return out
 
 
@@ -78,7 +78,7 @@ def describe(value: str, checkpoint: str = "", weights_dir: Path | None = None, 
     """A one-line Markdown status for a dropdown selection (what it is, or how to fix it)."""
     if value == CHECKPOINT:
         if not checkpoint.strip():
-            return "Type a checkpoint path below (`pul:PATH`, or a `.safetensors` / `.pt` / `.pth` file)."
+            return "Type a checkpoint path below (`pul:PATH`, or a `.safetensors` / `.pt` / `.pth` file), or another CNN: `timm:NAME[@FILE]`, `module:pkg.mod:factory` (docs/backbones.md)."
         return f"Checkpoint `{checkpoint.strip()}`: loaded (and checked) when you press Run."
     try:
         spec = W.get_spec(value)

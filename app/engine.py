@@ -48,8 +48,8 @@ def backbone_name(choice: str, checkpoint: str = "") -> str:
     if choice == CHECKPOINT:
         path = (checkpoint or "").strip()
         if not path:
-            raise ValueError("backbone 'checkpoint' needs a path: type pul:PATH or a .safetensors/.pt/.pth file")
-        if path.startswith(W.CHECKPOINT_PREFIX) or path.endswith(W.CHECKPOINT_SUFFIXES):
+            raise ValueError("backbone 'checkpoint' needs a path: type pul:PATH, a .safetensors/.pt/.pth file, timm:NAME or module:pkg.mod:factory")
+        if path.startswith((W.CHECKPOINT_PREFIX, *W.EXTERNAL_PREFIXES)) or path.endswith(W.CHECKPOINT_SUFFIXES):
             return path
         return f"{W.CHECKPOINT_PREFIX}{path}"
     if choice not in W.REGISTRY:

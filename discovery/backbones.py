@@ -1,4 +1,5 @@
-"""ResNet50 backbones by name: build the trunk, load verified weights, expose layer4 features.
+"""Backbones by name: the :class:`Backbone` contract, the ResNet50s (trunk, verified weights, layer4
+features), and the entry point that also builds other CNNs (:mod:`discovery.external`).
 
 ``load_backbone("imagenet")`` is the one entry point; see :func:`discovery.weights.backbone_names`
 for the accepted names. Device and output stride are parameters; nothing is global.
@@ -7,6 +8,8 @@ for the accepted names. Device and output stride are parameters; nothing is glob
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,27 +41,86 @@ class BackboneInfo:
         return self.sha256.startswith("random")
 
 
-class Backbone(nn.Module):
-    """A torchvision ResNet50 split into a trunk (conv1..layer4) and an optional classifier.
+RESNET50 = "resnet50"
 
-    ``forward(x)`` maps a normalised batch ``(B, 3, H, W)`` float32 to layer4 features
-    ``(B, 2048, H/stride, W/stride)`` (after the last ReLU, H and W multiples of 16).
+
+class Backbone(nn.Module):
+    """A CNN split into a trunk (image → feature map) and an optional classifier head.
+
+    The public contract every command relies on (docs/backbones.md):
+
+    - ``trunk``: ``(B, 3, H, W)`` float32 batch, normalised with ``mean``/``std`` (RGB, 0..1 input),
+      H and W multiples of ``stride`` → ``(B, C, H/stride, W/stride)`` feature map (C = ``channels``).
+    - ``head`` (optional): ``(B, C)`` globally average-pooled features → ``(B, K)`` logits
+      (Grad-CAM's class targets, PUL's prediction distribution). ``None``: a headless backbone.
+    - ``mean``, ``std``: per-channel RGB normalisation the weights were trained with.
+    - ``stride``: the trunk's output stride (images are padded to a multiple of it).
+
+    The ResNet50s of :func:`load_backbone` have ``trunk = Sequential(conv1..layer4)``,
+    ``head = fc`` and ``architecture = "resnet50"``; anything else is built with this
+    constructor (or :func:`load_backbone` with ``timm:NAME`` / ``module:pkg.mod:factory``).
+
+    Args:
+        trunk, head, mean, std, stride: as above.
+        info: provenance (name, weights hash...). Default: ``name`` with the sha256 of the
+            trunk's and head's tensors (:func:`state_sha256`).
+        name: the name recorded when ``info`` is not given.
+        architecture: ``resnet50`` enables the ResNet-only paths (BatchNorm folding, the named
+            sanity-check layers, torchvision-keyed PUL checkpoints); anything else is generic.
+        channels: C; measured with one small forward pass when not given (which also checks
+            that ``4·stride`` pixels give 4 cells: a wrong ``stride`` is a ``ValueError``).
     """
 
-    def __init__(self, net: nn.Module, info: BackboneInfo, stride: int, mean, std):
+    def __init__(
+        self,
+        trunk: nn.Module,
+        head: nn.Module | None = None,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        stride: int,
+        info: BackboneInfo | None = None,
+        name: str = "custom",
+        architecture: str = "custom",
+        channels: int | None = None,
+    ):
         super().__init__()
-        self.trunk = nn.Sequential(
-            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
-        )
-        self.fc: nn.Linear | None = net.fc if info.has_classifier else None
-        self.info = info
-        self.stride = stride
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        if len(tuple(mean)) != 3 or len(tuple(std)) != 3:
+            raise ValueError("mean and std need three values (RGB)")
+        if int(stride) < 1:
+            raise ValueError(f"stride must be a positive integer, got {stride}")
+        self.trunk = trunk
+        self.fc: nn.Module | None = head
+        self.stride = int(stride)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.architecture = architecture
+        self.info = info or BackboneInfo(name, state_sha256(trunk, head), head is not None)
+        self.channels = channels if channels is not None else _measure_channels(trunk, self.stride)
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The classifier head (``fc`` for the ResNet50s), or ``None``."""
+        return self.fc
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def num_classes(self) -> int | None:
+        """K, the head's number of outputs (``None`` when headless)."""
+        if self.fc is None:
+            return None
+        out = getattr(self.fc, "out_features", None)
+        if out is None:
+            with torch.no_grad():
+                out = self.fc(torch.zeros(1, self.channels, device=self.device)).shape[-1]
+        return int(out)
+
+    @property
+    def is_resnet50(self) -> bool:
+        return self.architecture == RESNET50
 
     @property
     def device(self) -> torch.device:
@@ -68,10 +130,54 @@ class Backbone(nn.Module):
         return self.trunk(x)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, 2048, h, w)`` layer4 features → ``(B, 1000)`` logits (global average pool + fc)."""
+        """``(B, C, h, w)`` features → ``(B, K)`` logits (global average pool + head)."""
         if self.fc is None:
             raise ValueError(f"backbone {self.name!r} has no classifier")
         return self.fc(features.mean(dim=(2, 3)))
+
+
+def state_sha256(*modules: nn.Module | None) -> str:
+    """sha256 (hex) over the key names, dtypes, shapes and bytes of the modules' state dicts:
+    the fingerprint of weights that come from no single file."""
+    digest = hashlib.sha256()
+    for i, module in enumerate(modules):
+        if module is None:
+            continue
+        for key, value in module.state_dict().items():
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{i}:{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def _measure_channels(trunk: nn.Module, stride: int) -> int:
+    was_training = trunk.training
+    param = next(trunk.parameters(), None)
+    x = torch.zeros(1, 3, 4 * stride, 4 * stride, device=param.device if param is not None else "cpu")
+    try:
+        out = trunk.eval()(x)
+    finally:
+        trunk.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"a backbone trunk must return a (B, C, h, w) tensor, got {shape}")
+    if tuple(out.shape[-2:]) != (4, 4):
+        raise ValueError(f"the trunk maps {4 * stride} px to {out.shape[-1]} cells: its output stride is not {stride}")
+    return int(out.shape[1])
+
+
+def resnet_backbone(net: nn.Module, info: BackboneInfo, stride: int, mean, std) -> Backbone:
+    """A torchvision ResNet50 as a :class:`Backbone`: trunk conv1..layer4 (2048 channels), head ``fc``
+    when ``info.has_classifier``."""
+    trunk = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+    )
+    head = net.fc if info.has_classifier else None
+    return Backbone(
+        trunk, head, mean=mean, std=std, stride=stride, info=info, architecture=RESNET50,
+        channels=net.fc.in_features,
+    )
 
 
 def _resnet(stride: int) -> nn.Module:
@@ -161,13 +267,15 @@ def load_backbone(
     download: bool = True,
     seed: int = 0,
 ) -> Backbone:
-    """Build a ResNet50 backbone by name, in eval mode with frozen parameters, on ``device``.
+    """Build a backbone by name, in eval mode with frozen parameters, on ``device``.
 
     Args:
         name: a registry name (``imagenet``, ``imagenet-v2``, ``dino``, ``random``), ``pul:PATH``,
-            or a path to a ``.safetensors`` / ``.pt`` / ``.pth`` ResNet50 checkpoint.
-        stride: output stride of layer4: 32 (no dilation), 16 (layer4 dilated, LOST's setting) or
-            8 (layer3 and layer4 dilated).
+            a path to a ``.safetensors`` / ``.pt`` / ``.pth`` ResNet50 checkpoint, or another
+            CNN: ``timm:NAME[@FILE]`` or ``module:pkg.mod:factory`` (docs/backbones.md).
+        stride: output stride of the feature map: 32 (no dilation), 16 (layer4 dilated, LOST's
+            setting) or 8 (layer3 and layer4 dilated); timm gets it as ``output_stride``, a module
+            factory as ``stride=``, and a backbone that gives another stride is refused.
         weights_dir: where registry files live (default :func:`discovery.weights.default_weights_dir`).
         download: fetch a missing registry file when a network exists.
         seed: the seed of the ``random`` backbone.
@@ -181,9 +289,17 @@ def load_backbone(
     weights_dir = Path(weights_dir) if weights_dir is not None else None
     mean, std = W.IMAGENET_MEAN, W.IMAGENET_STD
     parsed = W.parse_backbone_name(name)
+    if parsed.kind in ("timm", "module"):
+        from .external import load_external
+
+        return _ready(load_external(name, parsed, stride), device)
     if parsed.kind == "checkpoint":
         path = Path(parsed.value).expanduser()
         state, meta = W.load_file(path)
+        if meta.get("architecture", RESNET50) != RESNET50:
+            from .external import load_external_checkpoint
+
+            return _ready(load_external_checkpoint(name, path, state, meta, stride), device)
         net = _resnet(stride)
         has_fc = load_state(net, state, str(path))
         info = BackboneInfo(name, W.sha256_file(path), has_fc, str(path), meta)
@@ -203,6 +319,11 @@ def load_backbone(
         has_fc = load_state(net, state, str(path))
         info = BackboneInfo(name, digest, has_fc, str(path), meta)
         mean, std = spec.mean, spec.std
-    backbone = Backbone(net, info, stride, mean, std).to(device).eval()
+    return _ready(resnet_backbone(net, info, stride, mean, std), device)
+
+
+def _ready(backbone: Backbone, device: torch.device) -> Backbone:
+    """On ``device``, in eval mode, parameters frozen."""
+    backbone = backbone.to(device).eval()
     backbone.requires_grad_(False)
     return backbone

@@ -1,4 +1,4 @@
-"""Saliency maps on layer4: Grad-CAM and EigenCAM, and CAM → box (the sanity check is :mod:`discovery.sanity`).
+"""Saliency maps on the backbone's feature map (layer4 for the ResNet50s): Grad-CAM and EigenCAM, and CAM → box (the sanity check is :mod:`discovery.sanity`).
 
 ``Explainer(localizer)`` reuses a :class:`~discovery.localizer.Localizer`'s backbone and input
 preparation: the trunk runs once (the same forward pass LOST uses, returned as ``CamResult.embedding``)
@@ -9,9 +9,9 @@ Maps ignore the zero padding the backbone input carries: the feature map is crop
 whose receptive-field origin lies inside the image before any pooling, gradient or SVD.
 
 Targets:
-- backbones with a classifier: an ImageNet class (index or name), default the top-1 prediction
-  of the classifier applied to the valid cells;
-- headless backbones (e.g. ``dino``): the L2 norm of the globally pooled layer4 feature
+- backbones with a classifier head: a class (index, or ImageNet name for 1000-way heads), default
+  the top-1 prediction of the head applied to the average of the valid cells;
+- headless backbones (e.g. ``dino``, a trunk with no head): the L2 norm of the globally pooled feature
   (:data:`EMBEDDING_TARGET`). Its Grad-CAM is, up to a positive factor, the dot product of each
   cell's feature with the pooled feature: the cells that dominate the global descriptor.
 - EigenCAM is class-agnostic (the first principal component of the activations); it takes no target.
@@ -180,8 +180,7 @@ class Explainer:
 
     @property
     def num_classes(self) -> int | None:
-        fc = self.backbone.fc
-        return None if fc is None else fc.out_features
+        return self.backbone.num_classes
 
     def check(self, method: str = "gradcam", target: Target = None) -> int | None:
         """Validate ``method`` and ``target`` for this backbone; return the class index (or ``None``).

@@ -24,7 +24,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Embedding:
-    """A prepared image and its layer4 features ``(2048, h, w)`` float32 (on the backbone's device)."""
+    """A prepared image and its backbone features ``(C, h, w)`` float32 (on the backbone's device;
+    C = ``backbone.channels``, 2048 for the ResNet50s' layer4)."""
 
     image: PreparedImage
     features: torch.Tensor
@@ -66,10 +67,11 @@ class Localization:
 
 
 class Localizer:
-    """LOST object discovery on a ResNet50 backbone.
+    """LOST object discovery on a backbone (the ResNet50s, or any CNN: docs/backbones.md).
 
     Args:
-        backbone: a name for :func:`discovery.backbones.load_backbone`, or a loaded :class:`Backbone`.
+        backbone: a name for :func:`discovery.backbones.load_backbone`, or a loaded :class:`Backbone`
+            (e.g. one built from your own trunk).
         device: where the backbone runs (``"cpu"``, ``"cuda"``...).
         stride: layer4 output stride, 32 / 16 / 8 (ignored when ``backbone`` is already loaded).
         max_side: images whose longer side exceeds this are shrunk before the forward pass (memory
@@ -111,7 +113,8 @@ class Localizer:
         self.tf32 = tf32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.fuse_batchnorm = fuse_batchnorm
-        self.trunk = fold_batchnorm(backbone.trunk) if fuse_batchnorm else backbone.trunk
+        fold = fuse_batchnorm and backbone.is_resnet50
+        self.trunk = fold_batchnorm(backbone.trunk) if fold else backbone.trunk
         self.trunk.to(memory_format=self.memory_format)
 
     def with_backbone(self, backbone: Backbone) -> Localizer:
@@ -131,7 +134,7 @@ class Localizer:
 
     @torch.inference_mode()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, Hp, Wp)`` normalised padded batch → ``(B, 2048, h, w)`` float32 features
+        """``(B, 3, Hp, Wp)`` normalised padded batch → ``(B, C, h, w)`` float32 features
         (in the trunk's memory format: channels-last by default, the ``(N, d)`` layout LOST reads)."""
         x = batch.to(self.backbone.device).contiguous(memory_format=self.memory_format)
         dtype = PRECISIONS[self.precision]

@@ -16,11 +16,33 @@ from torch import nn
 from .explain import CamResult, Explainer, Target
 from .images import ImageInput, PreparedImage
 
-SANITY_LAYERS = ("fc", "layer4", "layer3", "layer2", "layer1", "conv1+bn1")
-"""Cascading randomisation order of :func:`sanity_check`, top (output) to bottom (input)."""
+from .backbones import Backbone
 
-# Indices into Backbone.trunk (conv1, bn1, relu, maxpool, layer1..layer4).
+SANITY_LAYERS = ("fc", "layer4", "layer3", "layer2", "layer1", "conv1+bn1")
+"""Cascading randomisation order of :func:`sanity_check` on the ResNet50s, top (output) to bottom (input)."""
+
+# Indices into a ResNet50 Backbone.trunk (conv1, bn1, relu, maxpool, layer1..layer4).
 _TRUNK_INDEX = {"conv1+bn1": (0, 1), "layer1": (4,), "layer2": (5,), "layer3": (6,), "layer4": (7,)}
+
+
+def layer_groups(backbone: Backbone) -> list[tuple[str, list[nn.Module]]]:
+    """The cascade's steps, top-down: ``(name, modules re-initialised at that step)``.
+
+    The head first (``fc``; none when headless). Then, for the ResNet50s, :data:`SANITY_LAYERS`;
+    for other trunks, the trunk's top-level children that hold parameters, last first, named by
+    their path in the trunk (a wrapper with a single such child is looked through, e.g. a timm
+    model's ``net``). The granularity is the trunk's: a trunk that is one big child gives few steps.
+    """
+    groups: list[tuple[str, list[nn.Module]]] = [("fc", [backbone.fc])] if backbone.fc is not None else []
+    if backbone.is_resnet50:
+        return groups + [(layer, [backbone.trunk[i] for i in _TRUNK_INDEX[layer]]) for layer in SANITY_LAYERS[1:]]
+    prefix, module = "", backbone.trunk
+    while True:
+        children = [(n, m) for n, m in module.named_children() if any(True for _ in m.parameters())]
+        if len(children) != 1:
+            break
+        prefix, module = f"{prefix}{children[0][0]}.", children[0][1]
+    return groups + [(f"{prefix}{n}", [m]) for n, m in reversed(children)]
 
 
 @dataclass(frozen=True)
@@ -91,8 +113,9 @@ def sanity_check(
 ) -> SanityReport:
     """Cascading model-parameter randomisation (Adebayo et al., 2018) on one image.
 
-    Re-initialises (torchvision's default init, seeded) the layers top-down, cumulatively:
-    ``fc``, ``layer4``, ``layer3``, ``layer2``, ``layer1``, ``conv1+bn1`` (batch-norm running
+    Re-initialises (PyTorch's default init, seeded) the layers top-down, cumulatively:
+    ``fc``, ``layer4``, ``layer3``, ``layer2``, ``layer1``, ``conv1+bn1`` on the ResNet50s, the
+    trunk's top-level children on other backbones (:func:`layer_groups`; batch-norm running
     statistics are reset too; ``fc`` is skipped for headless backbones), and compares each step's
     map with the original. The class target stays the original's (its top-1 when ``target`` is
     ``None``), so changes come from the weights alone. Works on a deep copy: the explainer's
@@ -108,13 +131,7 @@ def sanity_check(
     # caller's CUDA random state is left as it was
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for layer in SANITY_LAYERS:
-            if layer == "fc":
-                if net.fc is None:
-                    continue
-                modules = [net.fc]
-            else:
-                modules = [net.trunk[i] for i in _TRUNK_INDEX[layer]]
+        for layer, modules in layer_groups(net):
             for module in modules:
                 _reinit(module)
             net.requires_grad_(False)

@@ -99,27 +99,55 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
 CHECKPOINT_PREFIX = "pul:"
+TIMM_PREFIX = "timm:"
+MODULE_PREFIX = "module:"
+#: Prefixes of the backbones built outside this package (docs/backbones.md).
+EXTERNAL_PREFIXES = (TIMM_PREFIX, MODULE_PREFIX)
+
+_MODULE_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+_TIMM_NAME = re.compile(r"[\w.\-/]+")
 
 
 def backbone_names() -> list[str]:
     """The names :func:`discovery.backbones.load_backbone` accepts, checkpoint forms last."""
-    return [*REGISTRY, f"{CHECKPOINT_PREFIX}PATH", "PATH.safetensors|.pt|.pth"]
+    return [
+        *REGISTRY, f"{TIMM_PREFIX}NAME[@FILE]", f"{MODULE_PREFIX}pkg.mod:factory",
+        f"{CHECKPOINT_PREFIX}PATH", "PATH.safetensors|.pt|.pth",
+    ]
 
 
 @dataclass(frozen=True)
 class BackboneName:
-    """A parsed backbone name: ``kind`` is ``registry`` (``value``: the registry name) or
-    ``checkpoint`` (``value``: the file path as typed, without ``pul:``)."""
+    """A parsed backbone name.
+
+    ``kind`` and ``value``:
+    - ``registry``: the registry name;
+    - ``checkpoint``: the file path as typed, without ``pul:``;
+    - ``timm``: the timm model name, ``path`` the local weights file after ``@`` (or ``None``);
+    - ``module``: ``pkg.mod:factory``, the factory's import path.
+    """
 
     kind: str
     value: str
+    path: str | None = None
 
 
 def parse_backbone_name(name: str) -> BackboneName:
-    """The one parser of backbone names: a registry name, ``pul:PATH``, or a path ending in
-    ``.safetensors`` / ``.pt`` / ``.pth``. Raises :class:`WeightsError` (one line) otherwise."""
+    """The one parser of backbone names: a registry name, ``timm:NAME[@FILE]``,
+    ``module:pkg.mod:factory``, ``pul:PATH``, or a path ending in ``.safetensors`` / ``.pt`` /
+    ``.pth``. Raises :class:`WeightsError` (one line) otherwise."""
     if name in REGISTRY:
         return BackboneName("registry", name)
+    if name.startswith(TIMM_PREFIX):
+        model, _, path = name[len(TIMM_PREFIX):].partition("@")
+        if not _TIMM_NAME.fullmatch(model) or (path == "" and "@" in name):
+            raise WeightsError(f"bad timm backbone {name!r}; write timm:NAME or timm:NAME@/path/weights.safetensors")
+        return BackboneName("timm", model, path or None)
+    if name.startswith(MODULE_PREFIX):
+        target = name[len(MODULE_PREFIX):]
+        if not _MODULE_PATH.fullmatch(target):
+            raise WeightsError(f"bad module backbone {name!r}; write module:package.module:factory")
+        return BackboneName("module", target)
     if name.startswith(CHECKPOINT_PREFIX) and len(name) > len(CHECKPOINT_PREFIX):
         return BackboneName("checkpoint", name[len(CHECKPOINT_PREFIX):])
     if name.endswith(CHECKPOINT_SUFFIXES):
@@ -236,8 +264,11 @@ SAFE_GLOBALS = [argparse.Namespace]
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_file(path: Path, strip: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a weights file without executing code; return ``(tensors, metadata)``.
+
+    ``strip``: for ``.pt``/``.pth``, also strip ResNet/DINO prefixes (:func:`extract_state_dict`);
+    ``False`` keeps the key names as stored (other architectures).
 
     ``.safetensors`` files carry metadata in their JSON header under the key ``discovery``;
     ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` and may carry a JSON
@@ -271,7 +302,7 @@ def load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({first})") from None
     sidecar = path.with_name(path.name + ".json")
     meta = _json_metadata(sidecar.read_text(), sidecar) if sidecar.is_file() else {}
-    return extract_state_dict(obj, path), meta
+    return extract_state_dict(obj, path, strip), meta
 
 
 def _json_metadata(text: str, source: Path) -> dict[str, Any]:
@@ -284,12 +315,12 @@ def _json_metadata(text: str, source: Path) -> dict[str, Any]:
     return meta
 
 
-def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Turn a loaded checkpoint into a plain ResNet50 state dict.
+def extract_state_dict(obj: Any, path: Path, strip: bool = True) -> dict[str, torch.Tensor]:
+    """Turn a loaded checkpoint into a plain state dict.
 
-    Takes ``teacher`` (else ``state_dict`` / ``model``) from a training checkpoint, strips
-    ``module.`` and ``backbone.`` prefixes and drops ``head.*`` (DINO's projection head).
-    ``fc.*`` is kept here: whether it is used is the backbone's decision.
+    Takes ``teacher`` (else ``state_dict`` / ``model``) from a training checkpoint. With ``strip``
+    (ResNet50 files): strips ``module.`` and ``backbone.`` prefixes and drops ``head.*`` (DINO's
+    projection head). ``fc.*`` is kept here: whether it is used is the backbone's decision.
     """
     if isinstance(obj, dict):
         for key in ("teacher", "state_dict", "model"):
@@ -298,6 +329,8 @@ def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
+    if not strip:
+        return dict(obj)
     state: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         for prefix in ("module.", "backbone."):

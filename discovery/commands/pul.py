@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d = PULConfig(base="", out=Path())
 
-    t = actions.add_parser("train", help="fine-tune a ResNet50 on random labels; write a pul:FILE checkpoint")
-    t.add_argument("--base", required=True, help="imagenet | imagenet-v2 | dino | random | pul:PATH | PATH.safetensors/.pt/.pth")
+    t = actions.add_parser("train", help="fine-tune a backbone on random labels; write a pul:FILE checkpoint")
+    t.add_argument("--base", required=True, help="imagenet | imagenet-v2 | dino | random | timm:NAME[@FILE] | module:pkg.mod:factory | pul:PATH | PATH.safetensors/.pt/.pth")
     data = t.add_mutually_exclusive_group(required=True)
     data.add_argument("--images", type=Path, help="a folder of images (searched recursively)")
     data.add_argument("--dataset", choices=DATASETS, help="use the image list of an evaluation split (only image paths are used)")

@@ -1,11 +1,12 @@
-"""PUL (Panning through Unstructured Labels): refine a pretrained ResNet50 on random labels.
+"""PUL (Panning through Unstructured Labels): refine a pretrained backbone (ResNet50, or any CNN) on random labels.
 
 The seed paper's recipe (docs/pul.md): every unlabeled training image gets a fixed random label in
 ``[0, C)``; a projector of two linear layers on the pooled layer4 features is trained with
 cross-entropy on those labels, regularised by ``kl_weight * T^2 * KL(p_frozen || p_student)`` at
 temperature ``T`` between the frozen base's and the student's prediction distributions. The
-result is a ResNet50 checkpoint (trunk, plus ``fc`` when the base had one) that
-``load_backbone("pul:FILE")`` and ``Localizer(backbone="pul:FILE")`` read.
+result is a checkpoint (trunk, plus ``fc`` when the base had one; torchvision key names for the
+ResNet50s) that ``load_backbone("pul:FILE")`` and ``Localizer(backbone="pul:FILE")`` read (a
+``timm:`` / ``module:`` base is rebuilt from the name in the metadata).
 
 Choices the paper leaves open are constants of :class:`PULConfig` and are written into every
 checkpoint's metadata; docs/pul.md explains each. The main ones:
@@ -15,8 +16,8 @@ checkpoint's metadata; docs/pul.md explains each. The main ones:
   does not change the function, and DDP needs no SyncBatchNorm.
 - Training at output stride 32 (the standard ResNet50 the weights were trained as); LOST later runs
   the same weights dilated at stride 16.
-- Headless bases (``dino``): the prediction distribution is a frozen random linear head
-  ``2048 -> 1000`` (seeded) shared by teacher and student.
+- Headless bases (``dino``, a trunk with no head): the prediction distribution is a frozen random
+  linear head ``C -> 1000`` (C = the base's channels; seeded) shared by teacher and student.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) training uses DDP (gloo on CPU, nccl on CUDA);
 labels, data order and augmentation are pure functions of the seed, every rank computes them

@@ -58,9 +58,9 @@ def metadata(
         "steps": steps,
         "world_size": dist.world_size,
         "loss": "CE(projector, random labels) + kl_weight * T^2 * KL(p_frozen || p_student) at T",
-        "kl_distribution": "base's 1000-way fc (student trains its own copy)" if base.fc is not None
-        else f"frozen random linear head 2048->{HEADLESS_CLASSES} seeded from (seed, 'head'), shared by both",
-        "projector": f"Linear(2048,{config.projector_width}) -> ReLU -> Linear({config.projector_width},{config.classes}) on global-average-pooled layer4",
+        "kl_distribution": f"base's {base.num_classes}-way fc (student trains its own copy)" if base.fc is not None
+        else f"frozen random linear head {base.channels}->{HEADLESS_CLASSES} seeded from (seed, 'head'), shared by both",
+        "projector": f"Linear({base.channels},{config.projector_width}) -> ReLU -> Linear({config.projector_width},{config.classes}) on global-average-pooled {'layer4' if base.is_resnet50 else 'trunk features'}",
         "optimizer": "SGD",
         "lr_schedule": ("lr * (1 + 10 * step / total_steps) ** -0.75" if config.lr_decay else "constant")
         + (f" * min(1, (step + 1) / {config.warmup_steps}) (linear warm-up)" if config.warmup_steps else ""),
@@ -70,4 +70,6 @@ def metadata(
         "train_stride": TRAIN_STRIDE,
         "augmentation": f"resize to {resize_side(config.input_size)}x{resize_side(config.input_size)} bilinear, random {config.input_size} crop, random horizontal flip (per-image generator from seed, epoch, index)",
         "unreadable_images": "skipped and counted",
+        # Only other bases say so: ResNet50 checkpoints keep the metadata they always had.
+        **({} if base.is_resnet50 else {"architecture": base.architecture}),
     }

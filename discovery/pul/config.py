@@ -45,7 +45,7 @@ class PULConfig:
             fp32 math use TensorFloat-32 (off: IEEE fp32).
         seed: every random choice (labels, order, augmentation, projector, probe, random head).
         input_size: training crop side in pixels (images are resized to ``round(S*256/224)`` first).
-        projector_width: hidden width of the two-layer projector ``2048 -> W -> classes``.
+        projector_width: hidden width of the two-layer projector ``C -> W -> classes`` (C: the base's channels).
         probe_size: images in the fixed probe batch for the function speed.
         workers: DataLoader decode workers (0: in the main process).
         checkpoint_every: write the resumable state every N steps (and at every epoch end).

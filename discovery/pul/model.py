@@ -24,7 +24,8 @@ HEADLESS_CLASSES = 1000
 
 
 class Projector(nn.Sequential):
-    """Two linear layers ``2048 -> width -> classes`` with a ReLU between (pooled features in, logits out)."""
+    """Two linear layers ``features -> width -> classes`` with a ReLU between (pooled features in,
+    logits out; ``features`` is the base's channel count, 2048 for the ResNet50s)."""
 
     def __init__(self, classes: int, width: int = 256, features: int = 2048):
         super().__init__(nn.Linear(features, width), nn.ReLU(inplace=True), nn.Linear(width, classes))
@@ -61,8 +62,8 @@ class PULTeacher(nn.Module):
 
 
 def random_head(seed: int, classes: int = HEADLESS_CLASSES, features: int = 2048) -> nn.Linear:
-    """The frozen prediction head of a headless base: ``nn.Linear(2048, 1000)`` with PyTorch's
-    default init drawn from a generator seeded by ``(seed, "head")``."""
+    """The frozen prediction head of a headless base: ``nn.Linear(features, 1000)`` (``features``:
+    the base's channel count) with PyTorch's default init drawn from a generator seeded by ``(seed, "head")``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "head"))
         head = nn.Linear(features, classes)
@@ -80,11 +81,11 @@ def build_models(base: Backbone, classes: int, width: int, seed: int) -> tuple[P
         teacher_head = base.fc
         student_head = copy.deepcopy(base.fc).requires_grad_(True)
     else:
-        teacher_head = student_head = random_head(seed)
+        teacher_head = student_head = random_head(seed, features=base.channels)
     teacher = PULTeacher(base.trunk, teacher_head).eval().requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "projector"))
-        projector = Projector(classes, width)
+        projector = Projector(classes, width, features=base.channels)
     trunk = copy.deepcopy(base.trunk).requires_grad_(True)
     student = PULStudent(trunk, student_head, projector).eval()
     return student, teacher
@@ -152,13 +153,22 @@ def make_optimizer(student: PULStudent, config: PULConfig) -> torch.optim.SGD:
     )
 
 
-def resnet_state(student: PULStudent, with_fc: bool) -> dict[str, torch.Tensor]:
-    """The student's weights under torchvision ResNet50 key names (``conv1.*`` ... ``layer4.*``,
-    plus ``fc.*`` when ``with_fc``), contiguous CPU tensors."""
+def checkpoint_state(student: PULStudent, base: Backbone) -> dict[str, torch.Tensor]:
+    """The student's weights as the checkpoint stores them, contiguous CPU tensors.
+
+    ResNet50 bases: torchvision key names (``conv1.*`` ... ``layer4.*``, plus ``fc.*`` when the
+    base has its classifier). Other bases: the :class:`~discovery.backbones.Backbone`'s own key
+    names (``trunk.*``, plus ``fc.*`` for the head), which the rebuilt base loads back.
+    """
+    with_fc = base.fc is not None
     state = {}
     for key, value in student.trunk.state_dict().items():
-        index, rest = key.split(".", 1)
-        state[f"{TRUNK_NAMES[int(index)]}.{rest}"] = value.detach().cpu().contiguous()
+        if base.is_resnet50:
+            index, rest = key.split(".", 1)
+            key = f"{TRUNK_NAMES[int(index)]}.{rest}"
+        else:
+            key = f"trunk.{key}"
+        state[key] = value.detach().cpu().contiguous()
     if with_fc:
         for key, value in student.head.state_dict().items():
             state[f"fc.{key}"] = value.detach().cpu().contiguous()

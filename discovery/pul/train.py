@@ -54,7 +54,7 @@ from .model import (
     function_speed,
     lr_factor,
     make_optimizer,
-    resnet_state,
+    checkpoint_state,
 )
 
 
@@ -277,7 +277,7 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
     meta["throughput"] = {"images_per_s": speed, "device": str(device), "of_this_process": "steps run since the last start"}
     if dist.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out, resnet_state(student, base.fc is not None), meta)
+        save_checkpoint(out, checkpoint_state(student, base), meta)
         state_file.unlink(missing_ok=True)
     dist.barrier()
     return PULResult(out, state_file, step, total_steps, len(usable), tuple(skipped), meta)
