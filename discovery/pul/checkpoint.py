@@ -29,6 +29,12 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state.pt")
 
 
+def epoch_path(out: Path, epoch: int) -> Path:
+    """Where ``--save-every-epoch`` writes the weights after ``epoch`` epochs: ``OUT.epochK.safetensors``
+    (``K = 0``: before the first step)."""
+    return out.with_name(f"{out.stem}.epoch{epoch}{out.suffix}")
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write ``tensors`` as safetensors with ``metadata`` as JSON under the header key ``discovery``
     (atomically: a temporary file, then ``os.replace``)."""
