@@ -44,7 +44,7 @@ from .table import PIPELINE_CHECK, Row, table_csv, table_markdown
 BASES = ("imagenet", "dino")
 OPTIONS_FILE = "reproduce.json"
 #: ``--quick``: PUL settings small enough for a 2-core CPU (random weights diverge at lr 0.01).
-QUICK_PUL = {"input_size": 64, "batch_size": 4, "lr": 1e-4, "workers": 0}
+QUICK_PUL = {"input_size": 32, "batch_size": 4, "lr": 1e-4, "workers": 0}
 
 
 @dataclass(frozen=True)
