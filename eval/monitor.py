@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from discovery.backbones import Backbone
-from discovery.lost import DEFAULT_K
 from discovery.localizer import Localizer
+from discovery.lost import DEFAULT_K
 
 from .datasets import Item, open_dataset
 from .loader import bucketed, decoded_stream

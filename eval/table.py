@@ -56,7 +56,7 @@ def _num(value: float | None, signed: bool = False) -> str:
 
 CSV_COLUMNS = (
     "base", "dataset", "lost_published", "lost_ours", "pul_ours", "pul_minus_lost", "lost_minus_published",
-    "pul_epochs", "images", "base_sha256", "pul_sha256", "git_revision", "note",
+    "pul_epochs", "pul_images", "base_sha256", "pul_sha256", "git_revision", "note",
 )
 
 

@@ -19,7 +19,7 @@ from eval.synth import make_synthetic
 from eval.table import PIPELINE_CHECK, PUBLISHED_LOST, Row, table_markdown
 
 QUICK = ["reproduce", "--quick", "--epochs", "1", "--no-progress"]
-NUMBERS = ("base", "dataset", "lost_ours", "pul_ours", "pul_minus_lost", "images", "note")
+NUMBERS = ("base", "dataset", "lost_ours", "pul_ours", "pul_minus_lost", "pul_images", "note")
 
 
 def _rows(path: Path) -> list[dict]:

@@ -177,8 +177,8 @@ def stats_markdown(rows: list[StageStats], note: str = "") -> str:
     lines = [
         "# Activation statistics per stage (the seed paper's massive-activation claim, Fig. 6)",
         "",
-        "Largest |activation| over the median non-zero |activation|, over the same images; the largest "
-        "|activation| in brackets. The paper reports that PUL makes the outliers smaller.",
+        ("Largest |activation| over the median non-zero |activation|, over the same images; the largest "
+         "|activation| in brackets. The paper reports that PUL makes the outliers smaller."),
         "",
     ]
     if note:
