@@ -23,6 +23,9 @@ from . import weights as W
 STRIDE_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 #: The output strides every command accepts (the one place they are spelled out).
 STRIDES = tuple(sorted(STRIDE_DILATION))
+#: Key prefix of the PUL projector a per-epoch PUL checkpoint carries beside the ResNet50;
+#: loading a backbone ignores these keys.
+PROJECTOR_PREFIX = "pul_projector."
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,18 @@ def load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> b
     return not any(k.startswith("fc.") for k in result.missing_keys)
 
 
+def backbone_from_state(
+    state: dict[str, torch.Tensor], info: BackboneInfo, stride: int = 16,
+    mean=W.IMAGENET_MEAN, std=W.IMAGENET_STD, device: str | torch.device = "cpu",
+) -> Backbone:
+    """A frozen eval-mode :class:`Backbone` from an in-memory ResNet50 state dict (torchvision key
+    names; ``fc.*`` optional, ``info.has_classifier`` must say whether it is there), e.g. the
+    weights of a model under training. Raises :class:`~discovery.weights.WeightsError` like loading a file."""
+    net = _resnet(stride)
+    load_state(net, state, info.name)
+    return _ready(resnet_backbone(net, info, stride, mean, std), check_device(device))
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a ``torch.device`` this machine has; ``ValueError`` (one line) otherwise."""
     try:
@@ -296,6 +311,7 @@ def load_backbone(
     if parsed.kind == "checkpoint":
         path = Path(parsed.value).expanduser()
         state, meta = W.load_file(path)
+        state = {k: v for k, v in state.items() if not k.startswith(PROJECTOR_PREFIX)}
         if meta.get("architecture", RESNET50) != RESNET50:
             from .external import load_external_checkpoint
 

@@ -19,7 +19,7 @@ Targets:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -242,18 +242,25 @@ class Explainer:
         return CamResult(cam, raw.astype(np.float32), index, name, prob, box, emb, method, self.threshold)
 
     def _gradcam(self, acts: torch.Tensor, index: int | None) -> tuple[np.ndarray, int | None, str, float | None]:
-        """Grad-CAM on ``(C, h, w)`` activations: weights = spatial mean of d(target)/d(activation)."""
-        acts = acts.requires_grad_(True)
-        prob = None
+        """Grad-CAM on ``(C, h, w)`` activations of this backbone's target (see :func:`gradcam_map`)."""
         if self.backbone.fc is None:
-            score, name = acts.mean(dim=(1, 2)).norm(), EMBEDDING_TARGET
-        else:
+            return gradcam_map(acts, lambda a: a.mean(dim=(1, 2)).norm()), index, EMBEDDING_TARGET, None
+        with torch.no_grad():
             logits = self.backbone.classify(acts[None])[0].float()
-            if index is None:
-                index = int(logits.argmax())
-            score, name = logits[index], class_name(index, logits.numel())
-            prob = float(torch.softmax(logits.detach(), dim=0)[index])
-        (grad,) = torch.autograd.grad(score, acts)
-        weights = grad.mean(dim=(1, 2))
-        raw = torch.relu((weights[:, None, None] * acts.detach()).sum(dim=0))
-        return raw.cpu().numpy().astype(np.float32), index, name, prob
+        if index is None:
+            index = int(logits.argmax())
+        prob = float(torch.softmax(logits, dim=0)[index])
+        raw = gradcam_map(acts, lambda a: self.backbone.classify(a[None])[0].float()[index])
+        return raw, index, class_name(index, logits.numel()), prob
+
+
+def gradcam_map(acts: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """Grad-CAM of a scalar ``score(acts)`` on ``(C, h, w)`` activations: ``ReLU(sum_c w_c acts_c)``
+    with ``w_c`` the spatial mean of ``d score / d acts_c``. Returns ``(h, w)`` float32 (not scaled).
+    Works under ``no_grad`` / ``inference_mode`` callers, on frozen backbones (only ``score`` is differentiated)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = acts.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(score(leaf), leaf)
+    weights = grad.mean(dim=(1, 2))
+    raw = torch.relu((weights[:, None, None] * acts.detach()).sum(dim=0))
+    return raw.cpu().numpy().astype(np.float32)

@@ -13,10 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backbones import Backbone
 from .explain import CamResult, Explainer, Target
 from .images import ImageInput, PreparedImage
-
-from .backbones import Backbone
 
 SANITY_LAYERS = ("fc", "layer4", "layer3", "layer2", "layer1", "conv1+bn1")
 """Cascading randomisation order of :func:`sanity_check` on the ResNet50s, top (output) to bottom (input)."""

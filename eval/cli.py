@@ -1,7 +1,7 @@
-"""CorLoc evaluation on VOC07 / VOC12 trainval and COCO20k: run, score, synthetic data, fetching the data.
+"""CorLoc evaluation on VOC07 / VOC12 trainval and COCO20k: run, score, synthetic data, fetching the data, reproduce.
 
-A thin argparse layer over :mod:`eval.runner`, :mod:`eval.scoring`, :mod:`eval.synth` and
-:mod:`eval.fetch`. User mistakes end in ``error: ...`` on stderr and exit status 2.
+A thin argparse layer over :mod:`eval.runner`, :mod:`eval.scoring`, :mod:`eval.synth`,
+:mod:`eval.fetch` and :mod:`eval.reproduce`. User mistakes end in ``error: ...`` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from .datasets import DATASETS, DatasetError, open_dataset
 from .fetch import MIRROR_ENV, fetch_coco20k_list, fetch_dataset
 from .methods import METHODS
 from .predictions import PredictionsError, dumps
+from .reproduce import add_arguments as add_reproduce_arguments
+from .reproduce import run_args as run_reproduce
 from .runner import RunError, RunOptions, run
 from .scoring import score_file
 from .synth import make_synthetic
@@ -78,6 +80,10 @@ def build_parser(prog: str = "python -m eval") -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a connect or read may block (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_fetch_datasets)
+
+    p = sub.add_parser("reproduce", help="the seed paper's Table 5: LOST CorLoc of imagenet / dino before and after PUL (resumable)")
+    add_reproduce_arguments(p)
+    p.set_defaults(run=run_reproduce)
 
     p = sub.add_parser("fetch-coco20k", help="download LOST's COCO20k image list alone and check its sha256")
     group = p.add_mutually_exclusive_group()
@@ -156,7 +162,12 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "python -m eval") -> int:
     """``python -m eval`` in a checkout; ``discovery eval`` when installed (``prog`` names which)."""
-    args = build_parser(prog).parse_args(argv)
+    return run_parsed(build_parser(prog), argv)
+
+
+def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run ``args.run``; user mistakes become one ``error:`` line and status 2."""
+    args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except RunError as err:

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 import discovery
-from discovery.distributed import DistContext, setup, teardown
+from discovery.distributed import DistContext, from_env, join, teardown
 from discovery.files import write_text_atomic
 from discovery.images import PreparedImage
 from discovery.localizer import Embedding, Localizer
@@ -233,11 +233,13 @@ def run(opts: RunOptions) -> dict | None:
     if opts.workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {opts.workers}")
     get_method(opts.method)  # a bad name fails before any process group is joined
-    ctx = setup(opts.device)
+    ctx = from_env(opts.device)
+    started = join(ctx)  # a caller that joined the group already (``reproduce``) keeps it
     try:
         return _run(opts, ctx)
     finally:
-        teardown(ctx)
+        if started:
+            teardown(ctx)
 
 
 def _start(opts: RunOptions, ctx: DistContext, method: Method) -> tuple[dict, Localizer | None]:

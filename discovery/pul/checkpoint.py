@@ -21,6 +21,12 @@ FORMAT = "discovery-pul/1"
 STATE_FORMAT = "discovery-pul-state/1"
 
 
+def epoch_path(out: Path, epoch: int) -> Path:
+    """Where ``--save-every-epoch`` writes the weights after ``epoch`` epochs: ``OUT.epochK.safetensors``
+    (``K = 0``: before the first step)."""
+    return out.with_name(f"{out.stem}.epoch{epoch}{out.suffix}")
+
+
 def metadata(
     config: PULConfig, base: Backbone, images: ImageList, skipped: list[str], labels: torch.Tensor,
     steps: int, dist: DistContext,

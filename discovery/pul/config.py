@@ -52,6 +52,10 @@ class PULConfig:
         stop_after: stop (with a resumable state) after this many steps in total; for time-boxed jobs.
         resume, overwrite: continue from ``OUT.state.pt`` / replace an existing output.
         log_dynamics: per-step CSV of losses, predicted-class histogram and function speed.
+        eval_every: call ``train``'s ``evaluate`` hook every N steps (and after the last); its
+            score goes into the dynamics CSV's ``corloc`` column. ``None``: never.
+        save_every_epoch: also write ``OUT.epochK.safetensors`` for K = 0 (before the first step)
+            .. epochs, each with the projector under :data:`discovery.backbones.PROJECTOR_PREFIX`.
         device: ``cpu``, ``cuda``, ``cuda:N``; under torchrun with CUDA each rank uses ``cuda:LOCAL_RANK``.
         weights_dir: where registry weights live (default: the project's ``weights/``).
         progress: show a tqdm bar (rank 0 only).
@@ -87,6 +91,8 @@ class PULConfig:
     resume: bool = False
     overwrite: bool = False
     log_dynamics: Path | None = None
+    eval_every: int | None = None
+    save_every_epoch: bool = False
     device: str = "cpu"
     weights_dir: Path | None = None
     progress: bool = True
@@ -130,6 +136,7 @@ def validate(config: PULConfig, dist: DistContext) -> None:
         (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})"),
         (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {config.checkpoint_every})"),
         (config.stop_after is None or config.stop_after >= 1, f"--stop-after must be at least 1 (got {config.stop_after})"),
+        (config.eval_every is None or config.eval_every >= 1, f"--eval-every must be at least 1 (got {config.eval_every})"),
         (config.probe_size >= 1, f"probe size must be at least 1 (got {config.probe_size})"),
         (config.batch_size % dist.world_size == 0,
          f"--batch-size {config.batch_size} (the global batch) must be a multiple of the {dist.world_size} processes"),

@@ -11,15 +11,18 @@ from .data import PULError
 
 
 class DynamicsLog:
-    """The ``--log-dynamics`` CSV: ``step, epoch, ce, kl, loss, lr, hist_0..hist_{C-1}, speed``.
+    """The ``--log-dynamics`` CSV: ``step, epoch, ce, kl, loss, lr, hist_0..hist_{C-1}, speed``
+    and, when the run is scored while it trains, ``corloc`` (empty on the steps not scored).
 
     On resume, rows from steps at or after the resume point are dropped first, so the file reads
     as one uninterrupted run.
     """
 
-    def __init__(self, path: Path, classes: int, start_step: int):
+    def __init__(self, path: Path, classes: int, start_step: int, with_corloc: bool = False):
         self.path = Path(path)
         self.columns = ["step", "epoch", "ce", "kl", "loss", "lr", *(f"hist_{c}" for c in range(classes)), "speed", "grad_norm"]
+        if with_corloc:
+            self.columns.append("corloc")
         kept: list[list[str]] = []
         if start_step > 0 and self.path.is_file():
             with open(self.path, newline="") as fh:
@@ -34,11 +37,13 @@ class DynamicsLog:
         self._fh.flush()
 
     def write(
-        self, step: int, epoch: int, ce: float, kl: float, loss: float, lr: float, hist: list[int], speed: float, grad_norm: float,
+        self, step: int, epoch: int, ce: float, kl: float, loss: float, lr: float, hist: list[int], speed: float,
+        grad_norm: float, corloc: float | None = None,
     ) -> None:
-        self._writer.writerow([
-            step, epoch, f"{ce:.9g}", f"{kl:.9g}", f"{loss:.9g}", f"{lr:.9g}", *hist, f"{speed:.9g}", f"{grad_norm:.9g}",
-        ])
+        row = [step, epoch, f"{ce:.9g}", f"{kl:.9g}", f"{loss:.9g}", f"{lr:.9g}", *hist, f"{speed:.9g}", f"{grad_norm:.9g}"]
+        if self.columns[-1] == "corloc":
+            row.append("" if corloc is None else f"{corloc:.4f}")
+        self._writer.writerow(row)
         self._fh.flush()
 
     def close(self) -> None:
@@ -46,7 +51,7 @@ class DynamicsLog:
 
 
 def read_dynamics(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a ``--log-dynamics`` CSV into column arrays (float64).
+    """Read a ``--log-dynamics`` CSV into column arrays (float64; an empty ``corloc`` cell is NaN).
 
     Raises:
         FileNotFoundError, PULError: missing file, or not a dynamics CSV (one line).
@@ -63,7 +68,7 @@ def read_dynamics(path: str | Path) -> dict[str, np.ndarray]:
     if len(rows) < 2:
         raise PULError(f"{path}: no rows to plot")
     try:
-        data = np.array([[float(v) for v in row] for row in rows[1:] if row], dtype=np.float64)
+        data = np.array([[float(v) if v != "" else np.nan for v in row] for row in rows[1:] if row], dtype=np.float64)
     except ValueError as err:
         raise PULError(f"{path}: unreadable value ({err})") from None
     return {name: data[:, j] for j, name in enumerate(header)}
@@ -71,7 +76,8 @@ def read_dynamics(path: str | Path) -> dict[str, np.ndarray]:
 
 def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
     """Draw a dynamics CSV to a PNG: losses, the predicted-class shares per step (the swing
-    phenomenon) and the function speed (log scale, with a moving average)."""
+    phenomenon), the function speed (log scale, with a moving average) and, when the run was
+    scored while training, CorLoc at the scored steps."""
     try:
         import matplotlib
     except ImportError:
@@ -85,7 +91,9 @@ def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
     hist = np.stack([data[k] for k in hist_names])
     shares = hist / np.maximum(hist.sum(axis=0, keepdims=True), 1)
 
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    scored = np.isfinite(data["corloc"]) if "corloc" in data else np.zeros(len(steps), dtype=bool)
+    panels = 4 if scored.any() else 3
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 3 * panels), sharex=True)
     marker = "." if len(steps) < 50 else None
     axes[0].plot(steps, data["ce"], marker=marker, label="cross-entropy")
     axes[0].plot(steps, data["kl"], marker=marker, label="KL(frozen || student) at T")
@@ -104,8 +112,12 @@ def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
         axes[2].plot(steps[window - 1:], smooth, label=f"moving average ({window})")
     axes[2].set_yscale("log")
     axes[2].set_ylabel("function speed")
-    axes[2].set_xlabel("step")
     axes[2].legend(loc="upper right")
+    if scored.any():
+        axes[3].plot(steps[scored], data["corloc"][scored], marker="o")
+        axes[3].set_ylabel("CorLoc (%)")
+        axes[3].set_title("LOST CorLoc on the scoring images (after the step)")
+    axes[-1].set_xlabel("step")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone
+from ..backbones import PROJECTOR_PREFIX, Backbone, BackboneInfo, backbone_from_state
 from .data import PULError, derive_seed
 
 if TYPE_CHECKING:
@@ -173,3 +173,39 @@ def checkpoint_state(student: PULStudent, base: Backbone) -> dict[str, torch.Ten
         for key, value in student.head.state_dict().items():
             state[f"fc.{key}"] = value.detach().cpu().contiguous()
     return state
+
+
+def projector_state(student: PULStudent) -> dict[str, torch.Tensor]:
+    """The projector's weights under :data:`~discovery.backbones.PROJECTOR_PREFIX` (``pul_projector.0.weight`` ...)."""
+    return {f"{PROJECTOR_PREFIX}{k}": v.detach().cpu().contiguous() for k, v in student.projector.state_dict().items()}
+
+
+def projector_from_state(state: dict[str, torch.Tensor]) -> Projector | None:
+    """The projector a per-epoch checkpoint carries (frozen, eval mode), or ``None`` if it has none."""
+    own = {k[len(PROJECTOR_PREFIX):]: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}
+    if not own:
+        return None
+    try:
+        width, features = own["0.weight"].shape
+        projector = Projector(int(own["2.weight"].shape[0]), int(width), int(features))
+        projector.load_state_dict(own)
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise PULError(f"malformed projector weights ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    return projector.eval().requires_grad_(False)
+
+
+def student_backbone(student: PULStudent, base: Backbone, step: int, stride: int, device: torch.device) -> Backbone:
+    """A frozen copy of the student's current trunk (+ ``fc`` when the base has one) as a
+    :class:`Backbone` at ``stride`` on ``device``, named ``BASE+pul@stepN``; a ``random`` base's
+    copy still counts as random (a pipeline check). Other trunks than ResNet50 keep the stride
+    they were given (only a ResNet50 is re-dilated)."""
+    info = BackboneInfo(
+        f"{base.info.name}+pul@step{step}", f"{base.info.sha256}+pul@step{step}", base.fc is not None,
+        metadata={"kind": "pul-in-training", "step": step},
+    )
+    if base.is_resnet50:
+        return backbone_from_state(checkpoint_state(student, base), info, stride, base.mean, base.std, device)
+    trunk, head = copy.deepcopy(student.trunk), copy.deepcopy(student.head) if base.fc is not None else None
+    twin = Backbone(trunk, head, mean=base.mean, std=base.std, stride=base.stride, info=info,
+                    architecture=base.architecture, channels=base.channels)
+    return twin.to(device).eval().requires_grad_(False)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..backbones import Backbone, load_backbone
+from ..backbones import PROJECTOR_PREFIX, Backbone, load_backbone
 from ..distributed import DistContext, from_env, join, teardown
 from ..precision import fp32_math
 from ..trainstate import (
@@ -27,7 +27,7 @@ from ..trainstate import (
     save_state,
     state_path,
 )
-from .checkpoint import STATE_FORMAT, metadata
+from .checkpoint import STATE_FORMAT, epoch_path, metadata
 from .config import TRAIN_PRECISIONS, PULConfig, PULResult, validate
 from .data import (
     BatchList,
@@ -49,13 +49,20 @@ from .model import (
     TRAIN_STRIDE,
     build_models,
     check_finite,
+    checkpoint_state,
     clip_gradients,
     distill_kl,
     function_speed,
     lr_factor,
     make_optimizer,
-    checkpoint_state,
+    projector_state,
+    student_backbone,
 )
+
+#: LOST's output stride: the backbone handed to ``evaluate`` runs dilated, as ``eval run`` does.
+EVAL_STRIDE = 16
+
+Evaluate = Callable[[int, Backbone], float]
 
 
 def _device(dist: DistContext) -> torch.device:
@@ -92,13 +99,18 @@ def _seed_worker(seed: int, worker_id: int) -> None:
     random.seed(value)
 
 
-def train(config: PULConfig, log: Callable[[str], None] | None = None) -> PULResult:
+def train(config: PULConfig, log: Callable[[str], None] | None = None, evaluate: Evaluate | None = None) -> PULResult:
     """Run PUL as configured; return a :class:`PULResult`.
 
     Writes ``config.out`` (safetensors, torchvision key names, JSON metadata under ``discovery``)
     when all epochs are done, ``OUT.state.pt`` every ``checkpoint_every`` steps and at epoch ends
-    (removed once the output is written), and the dynamics CSV if asked. Under torchrun every
-    rank calls this; rank 0 writes the files.
+    (removed once the output is written), ``OUT.epochK.safetensors`` with ``save_every_epoch``, and
+    the dynamics CSV if asked. Under torchrun every rank calls this; rank 0 writes the files.
+
+    ``evaluate(steps_done, backbone)``: with ``config.eval_every``, called on rank 0 after every
+    ``eval_every``-th update and after the last one with a frozen copy of the student's trunk at
+    LOST's stride 16 on the training device; the number it returns (e.g. CorLoc) is written into
+    the dynamics CSV's ``corloc`` column on that step's row. The other ranks wait meanwhile.
 
     Raises:
         PULError, FileExistsError, FileNotFoundError, discovery.weights.WeightsError: one-line
@@ -116,7 +128,7 @@ def train(config: PULConfig, log: Callable[[str], None] | None = None) -> PULRes
         say("note: base 'random' is a pipeline check, not a model")
     started = join(dist)
     try:
-        return _train(config, dist, device, images, base, say)
+        return _train(config, dist, device, images, base, say, evaluate if config.eval_every else None)
     finally:
         if started:
             teardown(dist)
@@ -153,7 +165,10 @@ class Probe:
         with torch.no_grad():
             self.before = student(batch)[0]
 
-    def record(self, step: int, epoch: int, sums: torch.Tensor, lr: float, grad_norm: float, config: PULConfig) -> None:
+    def record(
+        self, step: int, epoch: int, sums: torch.Tensor, lr: float, grad_norm: float, config: PULConfig,
+        corloc: float | None = None,
+    ) -> None:
         sums = sums.cpu()
         with torch.no_grad(), fp32_math(config.tf32):
             after = self.student(self.batch)[0]
@@ -162,10 +177,13 @@ class Probe:
         count = float(sums[2:].sum())
         ce, kl = float(sums[0]) / count, float(sums[1]) / count
         loss = ce + config.kl_weight * config.temperature**2 * kl
-        self.log.write(step, epoch, ce, kl, loss, lr, [int(v) for v in sums[2:]], speed, grad_norm)
+        self.log.write(step, epoch, ce, kl, loss, lr, [int(v) for v in sums[2:]], speed, grad_norm, corloc)
 
 
-def _train(config: PULConfig, dist: DistContext, device: torch.device, images: ImageList, base: Backbone, say) -> PULResult:
+def _train(
+    config: PULConfig, dist: DistContext, device: torch.device, images: ImageList, base: Backbone, say,
+    evaluate: Evaluate | None,
+) -> PULResult:
     out = config.out
     state_file = state_path(out)
     labels = random_labels(len(images), config.classes, config.seed)
@@ -202,10 +220,17 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
     if config.log_dynamics is not None and dist.is_main:
         chosen = torch.randperm(len(usable), generator=generator(config.seed, "probe"))[: config.probe_size].tolist()
         batch = torch.stack([dataset[(usable[j], -1)][0] for j in chosen]).to(device, memory_format=layout)
-        probe = Probe(DynamicsLog(config.log_dynamics, config.classes, step), student, batch)
+        probe = Probe(DynamicsLog(config.log_dynamics, config.classes, step, evaluate is not None), student, batch)
+
+    def save_epoch(at: int) -> None:
+        if config.save_every_epoch and dist.is_main and at % spe == 0:
+            meta = {**metadata(config, base, images, skipped, labels, at, dist), "epoch": at // spe, "projector_prefix": PROJECTOR_PREFIX}
+            weights = {**checkpoint_state(student, base), **projector_state(student)}
+            save_checkpoint(epoch_path(out, at // spe), weights, meta)
 
     def write_state(at: int) -> None:
         check_finite(student, at, state_file)
+        save_epoch(at)
         if dist.is_main:
             save_state(state_file, {
                 "format": STATE_FORMAT, "config": expected, "step": at, "epoch": at // spe,
@@ -213,6 +238,18 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
                 "optimizer": optimizer.state_dict(), "rng": rng_state(), "skipped": list(skipped),
             })
         dist.barrier()
+
+    def score(done: int) -> float | None:
+        """``evaluate``'s number after ``done`` updates when one is due (rank 0), else ``None``."""
+        if evaluate is None or not dist.is_main or (done % config.eval_every and done != total_steps):
+            return None
+        with torch.random.fork_rng(devices=[]):  # building the copy draws an init: keep the run's RNG untouched
+            value = float(evaluate(done, student_backbone(student, base, done, EVAL_STRIDE, device)))
+        say(f"step {done}: CorLoc {value:.2f}")
+        return value
+
+    if step == 0:
+        save_epoch(0)
 
     from tqdm import tqdm
 
@@ -247,10 +284,11 @@ def _train(config: PULConfig, dist: DistContext, device: torch.device, images: I
                 grad_norm = clip_gradients(student, config.grad_clip)
                 optimizer.step()
 
+                corloc = score(step + 1)
                 if config.log_dynamics is not None:
                     sums = dist.all_reduce_sum(batch_sums(ce, kl, logits, config.classes))
                     if probe is not None:
-                        probe.record(step, epoch, sums, optimizer.param_groups[-1]["lr"], grad_norm, config)
+                        probe.record(step, epoch, sums, optimizer.param_groups[-1]["lr"], grad_norm, config, corloc)
                 step += 1
                 seen += len(y) * dist.world_size
                 bar.update(1)

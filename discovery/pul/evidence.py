@@ -1,0 +1,232 @@
+"""The seed paper's evidence that bears on discovery, computed on PUL checkpoints.
+
+- **Grad-CAM across checkpoints** (the paper's Fig. 4): for a few training images, the Grad-CAM of
+  the image's assigned random label (the PUL projector's logit) and of another label, at every
+  checkpoint (``pul train --save-every-epoch`` keeps the projector of epochs 0..N). The paper's
+  claim: early maps sit on random spots, later ones on the object, and only for the assigned label.
+- **Activation statistics per stage** (the paper's Fig. 6, "massive activation"): per stage
+  (``conv1`` = the stem after BatchNorm and ReLU, ``layer1`` .. ``layer4`` = each stage's output),
+  the largest ``|activation|`` over the median ``|activation|``, on the same images, for the base
+  against the refined weights. The paper's claim: PUL shrinks the outliers.
+
+Figures are drawn by :mod:`discovery.pul.figures`; the command is ``discovery pul evidence``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backbones import Backbone, load_backbone
+from ..explain import gradcam_map, normalize, upsample
+from ..images import PreparedImage, prepare
+from ..weights import load_file, parse_backbone_name
+from .data import ImageList, PULError, random_labels
+from .model import Projector, projector_from_state
+
+STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+#: trunk index whose output each stage is (conv1, bn1, relu, maxpool, layer1..layer4)
+STAGE_INDEX = {"conv1": 2, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
+TOP = 4
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: its display ``label`` (``epoch K`` for ``OUT.epochK.safetensors``), the
+    backbone, the PUL projector (``None``: none saved, e.g. a registry base) and its metadata."""
+
+    name: str
+    label: str
+    backbone: Backbone
+    projector: Projector | None
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """One stage of one checkpoint over all images: ``max_abs`` the largest ``|a|``, ``median_abs``
+    the median ``|a|`` over the non-zero activations (post-ReLU zeros are switched-off units, and
+    would make the median 0), ``ratio`` = max / median, ``zero_fraction``, ``top`` the 4 largest ``|a|``."""
+
+    checkpoint: str
+    stage: str
+    max_abs: float
+    median_abs: float
+    ratio: float
+    zero_fraction: float
+    top: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CamCell:
+    """One Grad-CAM: ``cam`` ``(H, W)`` float32 in [0, 1] over ``image`` (an index into the picked
+    images), for projector ``label``; ``assigned`` whether it is the image's random label."""
+
+    checkpoint: str
+    image: int
+    label: int
+    assigned: bool
+    cam: np.ndarray
+
+
+def load_checkpoint(name: str, stride: int = 32, device: str = "cpu", weights_dir: Path | None = None) -> Checkpoint:
+    """Load ``name`` (any backbone name; a PUL per-epoch file also gives its projector)."""
+    backbone = load_backbone(name, device=device, stride=stride, weights_dir=weights_dir)
+    projector = None
+    if parse_backbone_name(name).kind == "checkpoint" and backbone.info.path:
+        projector = projector_from_state(load_file(Path(backbone.info.path))[0])
+    meta = backbone.info.metadata
+    label = f"epoch {meta['epoch']}" if "epoch" in meta else Path(name.removeprefix("pul:")).name
+    return Checkpoint(name, label, backbone, None if projector is None else projector.to(backbone.device), meta)
+
+
+def training_labels(checkpoints: list[Checkpoint], images: ImageList) -> tuple[torch.Tensor, int]:
+    """The random labels the PUL run gave ``images`` (from the seed and class count in the first
+    PUL checkpoint's metadata), and the class count. The image list must be the one trained on."""
+    pul = [c for c in checkpoints if c.metadata.get("kind") == "pul"]
+    if not pul:
+        raise PULError("none of the checkpoints is a PUL checkpoint (pul train --save-every-epoch writes them)")
+    meta = pul[0].metadata
+    trained_on = meta.get("images", {}).get("fingerprint_sha256")
+    if trained_on != images.fingerprint:
+        raise PULError(
+            f"{images.source} is not the image list {pul[0].name} was trained on "
+            f"({meta.get('images', {}).get('source')}); give the same --images / --dataset --root"
+        )
+    classes = int(meta["classes"])
+    return random_labels(len(images), classes, int(meta["seed"])), classes
+
+
+def pick(images: ImageList, count: int) -> list[int]:
+    """``count`` indices spread evenly over the list (the same ones for every checkpoint)."""
+    if count < 1:
+        raise PULError(f"--count must be at least 1 (got {count})")
+    return sorted({round(i * (len(images) - 1) / max(1, count - 1)) for i in range(min(count, len(images)))})
+
+
+def prepared(images: ImageList, indices: list[int], backbone: Backbone, max_side: int) -> list[PreparedImage]:
+    return [prepare(images.paths[i], backbone.mean, backbone.std, backbone.stride, max_side) for i in indices]
+
+
+@torch.inference_mode()
+def _features(backbone: Backbone, image: PreparedImage) -> torch.Tensor:
+    return backbone(image.tensor[None].to(backbone.device))[0].float()
+
+
+def cam_grid(checkpoint: Checkpoint, images: list[PreparedImage], labels: list[int], classes: int) -> list[CamCell]:
+    """Grad-CAM of each image's assigned label and of the next label ``(y + 1) mod C`` under the
+    checkpoint's projector (none when it has no projector)."""
+    if checkpoint.projector is None:
+        return []
+    cells = []
+    for index, (image, label) in enumerate(zip(images, labels)):
+        acts = _features(checkpoint.backbone, image)
+        cell = (image.tensor.shape[-2] / acts.shape[-2], image.tensor.shape[-1] / acts.shape[-1])
+        for target, assigned in ((label, True), ((label + 1) % classes, False)):
+            raw = gradcam_map(acts, lambda a, t=target: checkpoint.projector(a.mean(dim=(1, 2))[None])[0, t])
+            cam = normalize(upsample(raw, image.size, cell))
+            cells.append(CamCell(checkpoint.label, index, target, assigned, cam))
+    return cells
+
+
+@torch.inference_mode()
+def stage_stats(checkpoint: Checkpoint, images: list[PreparedImage]) -> list[StageStats]:
+    """:class:`StageStats` of every stage in :data:`STAGES` over all ``images`` (padding cells included)."""
+    magnitudes: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
+    for image in images:
+        x = image.tensor[None].to(checkpoint.backbone.device)
+        for index, module in enumerate(checkpoint.backbone.trunk):
+            x = module(x)
+            for stage, at in STAGE_INDEX.items():
+                if at == index:
+                    magnitudes[stage].append(x.abs().flatten().float().cpu())
+    rows = []
+    for stage in STAGES:
+        values = torch.cat(magnitudes[stage])
+        nonzero = values[values > 0]
+        median = float(nonzero.median()) if len(nonzero) else 0.0
+        peak = float(values.max())
+        top = tuple(float(v) for v in values.topk(min(TOP, len(values))).values)
+        ratio = peak / median if median > 0 else float("inf")
+        rows.append(StageStats(checkpoint.label, stage, peak, median, ratio, 1 - len(nonzero) / len(values), top))
+    return rows
+
+
+CSV_COLUMNS = ("checkpoint", "stage", "max_abs", "median_abs", "max_over_median", "zero_fraction", "top4_abs")
+
+
+def stats_csv(rows: list[StageStats]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        writer.writerow([r.checkpoint, r.stage, f"{r.max_abs:.6g}", f"{r.median_abs:.6g}", f"{r.ratio:.6g}",
+                         f"{r.zero_fraction:.4f}", " ".join(f"{v:.6g}" for v in r.top)])
+    return out.getvalue()
+
+
+def stats_markdown(rows: list[StageStats], note: str = "") -> str:
+    """One row per stage, one column per checkpoint: ``max/median (max)``."""
+    names = list(dict.fromkeys(r.checkpoint for r in rows))
+    cell = {(r.checkpoint, r.stage): r for r in rows}
+    lines = [
+        "# Activation statistics per stage (the seed paper's massive-activation claim, Fig. 6)",
+        "",
+        ("Largest |activation| over the median non-zero |activation|, over the same images; the largest "
+         "|activation| in brackets. The paper reports that PUL makes the outliers smaller."),
+        "",
+    ]
+    if note:
+        lines += [f"**{note}**", ""]
+    lines += ["| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for stage in STAGES:
+        lines.append(f"| {stage} | " + " | ".join(
+            f"{cell[(n, stage)].ratio:.1f} ({cell[(n, stage)].max_abs:.3g})" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PIPELINE_NOTE = "pipeline check, not a result: random-init weights"
+
+
+def write_evidence(
+    names: list[str], images: ImageList, out: Path, count: int = 4, max_side: int = 512, stride: int = 32,
+    device: str = "cpu", weights_dir: Path | None = None, plot: bool = True,
+) -> dict[str, Path]:
+    """Load every checkpoint in ``names`` (base first, then e.g. ``OUT.epoch0..N.safetensors``), pick
+    ``count`` of the training ``images`` and write into ``out``: ``activations.md`` / ``.csv``, and
+    with ``plot`` ``activations.png`` and ``gradcam_grid.png``. Returns the written paths by name."""
+    from ..files import write_text_atomic
+
+    if plot:
+        from .figures import pyplot
+
+        pyplot()  # fail before the expensive part when matplotlib is missing
+    checkpoints = [load_checkpoint(n, stride, device, weights_dir) for n in names]
+    labels, classes = training_labels(checkpoints, images)
+    chosen = pick(images, count)
+    random_base = any(c.backbone.info.is_random or str(c.metadata.get("base", {}).get("sha256", "")).startswith("random")
+                      for c in checkpoints)
+    note = PIPELINE_NOTE if random_base else ""
+    stats = []
+    cells = []
+    inputs = prepared(images, chosen, checkpoints[0].backbone, max_side)
+    for checkpoint in checkpoints:
+        stats += stage_stats(checkpoint, inputs)
+        cells += cam_grid(checkpoint, inputs, [int(labels[i]) for i in chosen], classes)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"activations.md": out / "activations.md", "activations.csv": out / "activations.csv"}
+    write_text_atomic(written["activations.md"], stats_markdown(stats, note))
+    write_text_atomic(written["activations.csv"], stats_csv(stats))
+    if plot:
+        from .figures import draw_cam_grid, draw_stats
+
+        written["activations.png"] = draw_stats(stats, out / "activations.png", note)
+        if cells:
+            written["gradcam_grid.png"] = draw_cam_grid(cells, [p.rgb for p in inputs], out / "gradcam_grid.png", note)
+    return written
