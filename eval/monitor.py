@@ -37,11 +37,11 @@ class CorLocHook:
     def __call__(self, steps_done: int, backbone: Backbone) -> float:
         localizer = Localizer(backbone, max_side=None)
         boxes: dict[str, tuple[float, float, float, float]] = {}
-        stream = decoded_stream(self.items, backbone.mean, backbone.std, localizer.stride, self.workers)
+        stream = decoded_stream(self.items, localizer.stride, self.workers)
         for batch in bucketed(stream, self.batch_size):
-            good = [d for d in batch if d.image is not None]
+            good = [d for d in batch if d.rgb is not None]
             if good:
-                proposals = lost(localizer, localizer.embed_batch([d.image for d in good]), self.k)
+                proposals = lost(localizer, localizer.embed_arrays([d.rgb for d in good]), self.k)
                 boxes.update((d.item.image_id, p.box) for d, p in zip(good, proposals))
         return corloc(self.items, boxes).value
 

@@ -78,10 +78,11 @@ def load_checkpoint(name: str, stride: int = 32, device: str = "cpu", weights_di
     """Load ``name`` (any backbone name; a PUL per-epoch file also gives its projector)."""
     backbone = load_backbone(name, device=device, stride=stride, weights_dir=weights_dir)
     projector = None
-    if parse_backbone_name(name).kind == "checkpoint" and backbone.info.path:
+    parsed = parse_backbone_name(name)
+    if parsed.kind == "checkpoint" and backbone.info.path:
         projector = projector_from_state(load_file(Path(backbone.info.path))[0])
     meta = backbone.info.metadata
-    label = f"epoch {meta['epoch']}" if "epoch" in meta else Path(name.removeprefix("pul:")).name
+    label = f"epoch {meta['epoch']}" if "epoch" in meta else Path(parsed.value).name
     return Checkpoint(name, label, backbone, None if projector is None else projector.to(backbone.device), meta)
 
 
