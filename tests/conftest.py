@@ -3,6 +3,13 @@ location points into a temporary folder."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -57,3 +64,16 @@ def textured_image():
     img = rng.integers(0, 80, size=(96, 128, 3), dtype=np.uint8)
     img[30:70, 40:90] = rng.integers(180, 255, size=(40, 50, 3), dtype=np.uint8)
     return img
+
+
+def kill_at_first_state(args: list, state_file: Path, cwd: Path) -> None:
+    """Run ``python -m discovery ARGS`` and SIGKILL it as soon as ``state_file`` appears (a trainer's
+    first resumable state): the kill a resume test recovers from."""
+    proc = subprocess.Popen([sys.executable, "-m", "discovery", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not state_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_at_first_state
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -130,14 +128,7 @@ def test_resume_after_stop_and_after_sigkill_equals_an_uninterrupted_run(lost_ru
 
     killed = lost_run["base"] / "killed.safetensors"
     args = [*common, "--out", str(killed), "--checkpoint-every", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "discovery", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not state_path(killed).exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, err.decode()
+    kill_at_first_state(args, state_path(killed), REPO)
     assert not killed.exists() and 1 <= torch.load(state_path(killed), weights_only=True)["step"] < 3
     assert discovery_main([*args, "--resume"]) == 0
     c, meta_c = read_checkpoint(killed)

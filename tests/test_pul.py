@@ -11,15 +11,14 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_at_first_state
 from PIL import Image
 from safetensors import safe_open
 from torch import nn
@@ -28,7 +27,13 @@ from torchvision.models import resnet50
 from discovery import Localizer, load_backbone
 from discovery import weights as W
 from discovery.cli import main
-from discovery.pul import build_models, distill_kl, function_speed, read_dynamics, state_path
+from discovery.pul import (
+    build_models,
+    distill_kl,
+    function_speed,
+    read_dynamics,
+    state_path,
+)
 from discovery.pul.data import (
     PULImages,
     labels_digest,
@@ -279,14 +284,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(bases, images, tmp_p
     # a real SIGKILL after the first periodic checkpoint, then --resume
     killed = tmp_path / "killed.safetensors"
     args = [*common, "--out", killed, "--checkpoint-every", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "discovery", *map(str, args)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not state_path(killed).exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, err.decode()
+    kill_at_first_state(args, state_path(killed), REPO)
     assert not killed.exists() and 1 <= torch.load(state_path(killed), weights_only=True)["step"] < 4
     _run_to_end(capsys, *args, "--resume")
     c, meta_c = read_checkpoint(killed)
