@@ -32,7 +32,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .backbones import load_backbone
+from .backbones import check_device, load_backbone
 from .detector import FORMAT, DetectorConfig, build_model, model_state
 from .distributed import DistContext, from_env, join, teardown
 from .pul.data import BatchList, derive_seed, generator, rank_batches, steps_per_epoch
@@ -278,12 +278,7 @@ def train(config: CADConfig, log: Callable[[str], None] | None = None) -> CADRes
     say = (log or (lambda msg: print(msg, file=sys.stderr))) if dist.is_main else (lambda msg: None)
     config = dataclasses.replace(config, out=Path(config.out).expanduser())
     validate(config, dist)
-    try:
-        device = torch.device(dist.device)
-    except RuntimeError:
-        raise CADError(f"--device {dist.device!r} is not a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CADError(f"--device {dist.device}: CUDA is not available here")
+    device = check_device(dist.device)
     data = read_pseudo_boxes(config.run, config.root)
     base = load_backbone(config.base, device="cpu", stride=32, weights_dir=config.weights_dir)
     if base.info.is_random:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..backbones import PROJECTOR_PREFIX, Backbone, load_backbone
+from ..backbones import PROJECTOR_PREFIX, Backbone, check_device, load_backbone
 from ..distributed import DistContext, from_env, join, teardown
 from ..precision import fp32_math
 from ..trainstate import (
@@ -65,16 +65,6 @@ EVAL_STRIDE = 16
 Evaluate = Callable[[int, Backbone], float]
 
 
-def _device(dist: DistContext) -> torch.device:
-    try:
-        device = torch.device(dist.device)
-    except RuntimeError:
-        raise PULError(f"--device {dist.device!r} is not a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PULError(f"--device {dist.device}: CUDA is not available here")
-    return device
-
-
 def image_list(config: PULConfig) -> ImageList:
     """The run's sorted image list (folder or dataset split)."""
     if config.images is not None:
@@ -121,7 +111,7 @@ def train(config: PULConfig, log: Callable[[str], None] | None = None, evaluate:
     out = Path(config.out).expanduser()
     config = dataclasses.replace(config, out=out)
     validate(config, dist)
-    device = _device(dist)
+    device = check_device(dist.device)
     images = image_list(config)
     base = load_backbone(config.base, device="cpu", stride=TRAIN_STRIDE, weights_dir=config.weights_dir)
     if base.info.is_random:
