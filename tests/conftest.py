@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from discovery.backbones import load_backbone
 
@@ -77,3 +78,14 @@ def kill_at_first_state(args: list, state_file: Path, cwd: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, err.decode()
+
+
+class LibraryClassifier(nn.Module):
+    """Our backbone as the plain ``image -> logits`` model pytorch-grad-cam expects."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return self.backbone.classify(self.backbone(x))

@@ -7,27 +7,23 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import LibraryClassifier
 from pytorch_grad_cam import EigenCAM, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from discovery.backbones import load_backbone
 from discovery.classes import resolve_class
-from discovery.explain import EIGEN_TARGET, EMBEDDING_TARGET, CamResult, Explainer, cam_to_box
-from discovery.sanity import SANITY_LAYERS, sanity_check
+from discovery.explain import (
+    EIGEN_TARGET,
+    EMBEDDING_TARGET,
+    CamResult,
+    Explainer,
+    cam_to_box,
+)
 from discovery.images import PreparedImage
 from discovery.localizer import Localizer
-
-
-class _Classifier(nn.Module):
-    """Our backbone as the plain ``image -> logits`` model pytorch-grad-cam expects."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x):
-        return self.backbone.classify(self.backbone(x))
+from discovery.sanity import SANITY_LAYERS, sanity_check
 
 
 class _Pooled(nn.Module):
@@ -86,7 +82,7 @@ def test_gradcam_matches_pytorch_grad_cam(explainer, random_backbone, rank):
     ours = explainer(prepared, method="gradcam", target=target)
     lib_backbone = copy.deepcopy(random_backbone)
     ref = _library_cam(
-        GradCAM, _Classifier(lib_backbone), lib_backbone.trunk[-1], prepared.tensor[None], [ClassifierOutputTarget(ours.target)]
+        GradCAM, LibraryClassifier(lib_backbone), lib_backbone.trunk[-1], prepared.tensor[None], [ClassifierOutputTarget(ours.target)]
     )
     assert ours.cam.shape == ref.shape == (64, 96)
     assert ours.cam.max() == pytest.approx(1.0) and ref.std() > 0.05
@@ -103,7 +99,7 @@ def test_eigencam_matches_pytorch_grad_cam(explainer, random_backbone, size, see
     prepared = explainer.localizer.prepare(_image(*size, seed=seed))
     ours = explainer(prepared, method="eigencam")
     lib_backbone = copy.deepcopy(random_backbone)
-    ref = _library_cam(EigenCAM, _Classifier(lib_backbone), lib_backbone.trunk[-1], prepared.tensor[None], None)
+    ref = _library_cam(EigenCAM, LibraryClassifier(lib_backbone), lib_backbone.trunk[-1], prepared.tensor[None], None)
     assert ref.std() > 0.05
     np.testing.assert_allclose(ours.cam, ref, atol=1e-5)
     assert ours.target is None and ours.probability is None and ours.target_name == EIGEN_TARGET

