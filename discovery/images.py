@@ -216,7 +216,9 @@ def normalize_and_pad_batch(
     batch = batch.to(device, non_blocking=True)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
-    t = batch.permute(0, 3, 1, 2).float().div_(255)
+    # a tensor divisor, not the number 255: CUDA turns division by a host scalar into multiplication
+    # by its reciprocal, which is not bit-identical to the CPU's true division
+    t = batch.permute(0, 3, 1, 2).float().div_(torch.tensor(255.0, device=device))
     t = (t - mean_t) / std_t
     hp, wp = t.shape[2:]
     if any(s != (hp, wp) for s in sizes):
