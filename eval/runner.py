@@ -42,6 +42,7 @@ from .datasets import Dataset, Item, open_dataset
 from .detection import detection_score
 from .loader import bucketed, decoded_stream
 from .methods import Method, Proposal, get_method
+from .overlap import overlapped
 from .metrics import best_iou, corloc
 from .scoring import dataset_summary
 
@@ -99,6 +100,13 @@ def git_revision() -> str:
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _embedder(localizer: Localizer, method: Method):
+    """Decoded images → embeddings: the forward pass, or for a detector the pixels alone."""
+    if needs_features(method):
+        return lambda good: localizer.embed_arrays([d.rgb for d in good])
+    return lambda good: [Embedding(PreparedImage(torch.empty(0), d.rgb.shape[:2], d.rgb.shape[:2], d.rgb), torch.empty(0)) for d in good]
 
 
 def needs_features(method: Method) -> bool:
@@ -308,19 +316,18 @@ def _run(opts: RunOptions, ctx: DistContext) -> dict | None:
     )
     with open(stream_path, "a" if not ctx.active else "w") as fh, bar:
         stream = decoded_stream(shard, localizer.stride, opts.workers)
-        for batch in bucketed(stream, opts.batch_size):
+        embed = _embedder(localizer, method)
+
+        def propose(embeddings: list[Embedding]) -> list[Proposal]:
+            return method(localizer, embeddings, opts.k)
+
+        for batch, proposals in overlapped(bucketed(stream, opts.batch_size), embed, propose, localizer.backbone.device):
             good = [d for d in batch if d.rgb is not None]
             for bad in (d for d in batch if d.rgb is None):
                 if not opts.skip_bad:
                     raise RunError(f"{bad.error} (use --skip-bad to leave such images out)")
                 skipped.append((bad.item.image_id, bad.error))
             if good:
-                rgbs = [d.rgb for d in good]
-                if needs_features(method):
-                    embeddings = localizer.embed_arrays(rgbs)
-                else:  # a detector reads the pixels alone
-                    embeddings = [Embedding(PreparedImage(torch.empty(0), a.shape[:2], a.shape[:2], a), torch.empty(0)) for a in rgbs]
-                proposals = method(localizer, embeddings, opts.k)
                 records = [make_record(d.item, p) for d, p in zip(good, proposals)]
                 P.append_records(fh, records)
                 mine.extend(records)

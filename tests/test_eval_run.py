@@ -211,6 +211,9 @@ def test_unreadable_image_fails_clearly_or_is_skipped(bench, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot read image {bad}") and "--skip-bad" in err and err.count("\n") == 1
+    # the image before the bad one was finished and kept (the loop holds one batch in flight)
+    kept = [json.loads(line)["image_id"] for line in (tmp_path / "a" / "predictions.jsonl").read_text().splitlines()]
+    assert kept == ["000001"]
     assert main([*args, "--out", str(tmp_path / "b"), "--skip-bad"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["skipped_images"] == 1 and summary["total"] == 2 and summary["limit"] == 3
