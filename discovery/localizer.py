@@ -16,7 +16,7 @@ import torch
 from .backbones import Backbone, fold_batchnorm, load_backbone
 from .images import ImageInput, PreparedImage, normalize_and_pad_batch, prepare
 from .lost import DEFAULT_K, LostResult, localize_batch
-from .precision import fp32_math
+from .precision import conv_layout, fp32_math
 
 DEFAULT_MAX_SIDE = 1024
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,7 +78,8 @@ class Localizer:
             grows with the square of the patch count); boxes are mapped back to original pixels.
             ``None`` keeps native resolution (the evaluation protocol).
         weights_dir, download: see :func:`discovery.backbones.load_backbone`.
-        channels_last: run convolutions in NHWC layout (faster on CPU).
+        channels_last: run convolutions in NHWC layout; ``None`` (default): the faster layout for
+            the device and precision (:func:`discovery.precision.conv_layout`).
         precision: ``fp32``, or ``bf16`` / ``fp16`` autocast for the trunk (for GPUs; LOST itself
             always runs in fp32).
         fuse_batchnorm: run a copy of the trunk with every BatchNorm folded into the convolution
@@ -96,7 +97,7 @@ class Localizer:
         max_side: int | None = DEFAULT_MAX_SIDE,
         weights_dir: str | Path | None = None,
         download: bool = True,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         precision: str = "fp32",
         fuse_batchnorm: bool = True,
         tf32: bool = False,
@@ -111,7 +112,10 @@ class Localizer:
         self.max_side = max_side
         self.precision = precision
         self.tf32 = tf32
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last is None:
+            self.memory_format = conv_layout(backbone.device, precision, tf32)
+        else:
+            self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.fuse_batchnorm = fuse_batchnorm
         fold = fuse_batchnorm and backbone.is_resnet50
         self.trunk = fold_batchnorm(backbone.trunk) if fold else backbone.trunk
@@ -135,7 +139,7 @@ class Localizer:
     @torch.inference_mode()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B, 3, Hp, Wp)`` normalised padded batch → ``(B, C, h, w)`` float32 features
-        (in the trunk's memory format: channels-last by default, the ``(N, d)`` layout LOST reads)."""
+        (in the trunk's memory format, :attr:`memory_format`)."""
         x = batch.to(self.backbone.device).contiguous(memory_format=self.memory_format)
         dtype = PRECISIONS[self.precision]
         with fp32_math(self.tf32), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):

@@ -197,3 +197,13 @@ def test_other_strides_give_boxes_inside_the_image(stride):
 def test_bad_max_side_is_refused(random_backbone):
     with pytest.raises(ValueError, match="max_side"):
         Localizer(random_backbone, max_side=-5)
+
+
+def test_trunk_layout_is_channels_last_except_ieee_fp32_on_cuda(random_backbone):
+    from discovery.precision import conv_layout
+
+    assert conv_layout("cpu", "fp32", False) == torch.channels_last
+    assert conv_layout("cuda", "fp32", False) == torch.contiguous_format  # measured 8x faster on an H200
+    assert conv_layout("cuda", "fp32", True) == torch.channels_last
+    assert conv_layout("cuda:1", "bf16", False) == torch.channels_last
+    assert Localizer(random_backbone, fuse_batchnorm=True).memory_format == torch.channels_last
