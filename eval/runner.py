@@ -205,7 +205,7 @@ def make_record(item: Item, proposal: Proposal) -> dict:
 
 def default_batch_size(device: str) -> int:
     """1 on CPUs, where bigger batches measured slower (``python -m bench``: activations leave the
-    caches), 32 on GPUs (DESIGN.md §8b: batch 32 fed the H200 better than 16)."""
+    caches), 32 on GPUs (docs/performance.md: batch 32 fed the H200 better than 16)."""
     return 32 if str(device).startswith("cuda") else 1
 
 
