@@ -9,7 +9,7 @@ Run folder::
 
 Resume: a second run into the same folder skips every image that has a line; a folder made with a
 different config is refused. Lines are appended per batch with flush + fsync, so SIGKILL loses at
-most the batch in flight; a torn last line is dropped (and the file repaired) by the next run.
+most the two batches in flight (eval/overlap.py); a torn last line is dropped (and the file repaired) by the next run.
 
 Distributed (torchrun): rank 0 opens the dataset, checks the config, merges what earlier runs left
 and broadcasts the images still to do; each rank takes every world-size-th of them; at the end
