@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from discovery.backbones import check_device, load_backbone
-from discovery.lost import localize
 from discovery.localizer import Localizer
-
+from discovery.lost import localize
 from discovery.precision import fp32_math
 
 from .pipeline import device_figures

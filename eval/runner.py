@@ -42,8 +42,8 @@ from .datasets import Dataset, Item, open_dataset
 from .detection import detection_score
 from .loader import bucketed, decoded_stream
 from .methods import Method, Proposal, get_method
-from .overlap import overlapped
 from .metrics import best_iou, corloc
+from .overlap import overlapped
 from .scoring import dataset_summary
 
 PREDICTIONS = "predictions.jsonl"
