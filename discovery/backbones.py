@@ -304,7 +304,7 @@ def load_backbone(
     weights_dir = Path(weights_dir) if weights_dir is not None else None
     mean, std = W.IMAGENET_MEAN, W.IMAGENET_STD
     parsed = W.parse_backbone_name(name)
-    if parsed.kind in ("timm", "module"):
+    if parsed.is_external:
         from .external import load_external
 
         return _ready(load_external(name, parsed, stride), device)

@@ -2,7 +2,8 @@
 
 Every image of the run with a box becomes one training image with that one pseudo-box (class
 "object"). The detector is :func:`discovery.detector.build_model` around any of our ResNet50
-backbones (``load_backbone(base, stride=32)``: PUL checkpoints included). Training is SGD with
+backbones (``load_backbone(base, stride=32)``: PUL checkpoints included; the C4 layout) or any
+other CNN (``timm:`` / ``module:``, at ``base_stride``; the single-map layout). Training is SGD with
 Detectron2's schedule (linear warm-up from 0.001x, x0.1 at each of ``lr_steps``), random horizontal
 flips (a per-image generator from ``(seed, epoch, index)``) and the transform's multi-scale resize.
 
@@ -44,7 +45,7 @@ from .trainstate import (
     save_state,
     state_path,
 )
-from .weights import sha256_file
+from .weights import parse_backbone_name, sha256_file
 
 STATE_FORMAT = "discovery-cad-state/1"
 VOC = ("voc07", "voc12")
@@ -61,7 +62,9 @@ class CADConfig:
 
     Attributes:
         run: an ``eval run`` folder (``config.json`` + ``predictions.jsonl``): the pseudo-boxes.
-        base: backbone name for :func:`discovery.backbones.load_backbone` (the ResNet50's init).
+        base: backbone name for :func:`discovery.backbones.load_backbone` (the trunk's init).
+        base_stride: output stride a ``timm:`` / ``module:`` base is built with (a ResNet50 is
+            always built undilated, stride 32, for the C4 layout).
         out: the ``.safetensors`` to write.
         root: the dataset folder when it moved since the run (default: the run's ``config.json``).
         detector: the architecture (:class:`~discovery.detector.DetectorConfig`).
@@ -78,6 +81,7 @@ class CADConfig:
     base: str
     out: Path
     root: Path | None = None
+    base_stride: int = 32
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     iterations: int = 10000
     batch_size: int = 16
@@ -226,6 +230,7 @@ def validate(config: CADConfig, dist: DistContext) -> None:
         (config.warmup >= 0, f"--warmup must be >= 0 (got {config.warmup})"),
         (config.clip_grad is None or config.clip_grad > 0, f"--clip-grad must be positive (got {config.clip_grad})"),
         (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})"),
+        (config.base_stride >= 1, f"--base-stride must be at least 1 (got {config.base_stride})"),
         (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {config.checkpoint_every})"),
         (config.stop_after is None or config.stop_after >= 1, f"--stop-after must be at least 1 (got {config.stop_after})"),
         (config.batch_size % dist.world_size == 0,
@@ -255,7 +260,8 @@ def metadata(config: CADConfig, base, data: PseudoBoxes, steps: int, dist: DistC
         "library_version": __version__,
         "torch_version": torch.__version__,
         "detector": config.detector.to_json(),
-        "base": {"name": config.base, "sha256": base.info.sha256, "mean": list(base.mean), "std": list(base.std)},
+        "base": {"name": config.base, "sha256": base.info.sha256, "mean": list(base.mean), "std": list(base.std),
+                 "stride": base.stride},
         "pseudo_boxes": {
             "run": str(Path(config.run).resolve()),
             "run_config": data.run_config,
@@ -280,7 +286,10 @@ def train(config: CADConfig, log: Callable[[str], None] | None = None) -> CADRes
     validate(config, dist)
     device = check_device(dist.device)
     data = read_pseudo_boxes(config.run, config.root)
-    base = load_backbone(config.base, device="cpu", stride=32, weights_dir=config.weights_dir)
+    external = parse_backbone_name(config.base).is_external
+    base = load_backbone(config.base, device="cpu", stride=config.base_stride if external else 32, weights_dir=config.weights_dir)
+    # a ResNet50 gets the reference's C4 layout; any other CNN has no layer4 to split off
+    config = dataclasses.replace(config, detector=dataclasses.replace(config.detector, layout="c4" if base.is_resnet50 else "single"))
     if base.info.is_random:
         say("note: base 'random' is a pipeline check, not a model")
     started = join(dist)

@@ -1,10 +1,14 @@
-"""A class-agnostic Faster R-CNN (ResNet50-C4) built from torchvision parts, and the ``Detector`` API.
+"""A class-agnostic Faster R-CNN built from torchvision parts, and the ``Detector`` API.
 
-Layout (LOST+CAD's, Detectron2's ``Res5ROIHeads``): the RPN and RoIAlign read layer3 (stride 16,
-1024 channels); each 14x14 RoI goes through layer4 (its first block halves it to 7x7), is averaged
-to a 2048-d vector and scored for one class, "object". torchvision's ``FasterRCNN`` accepts any
-backbone with ``out_channels`` and any ``box_head`` module, so the C4 head is layer4 itself; no FPN
-is needed. docs/cad.md explains the choice.
+Layout ``c4`` (ResNet50 bases; LOST+CAD's, Detectron2's ``Res5ROIHeads``): the RPN and RoIAlign
+read layer3 (stride 16, 1024 channels); each 14x14 RoI goes through layer4 (its first block halves
+it to 7x7), is averaged to a 2048-d vector and scored for one class, "object". torchvision's
+``FasterRCNN`` accepts any backbone with ``out_channels`` and any ``box_head`` module, so the C4
+head is layer4 itself; no FPN is needed. docs/cad.md explains the choice.
+
+Layout ``single`` (any other CNN, ``timm:`` / ``module:`` bases): the RPN and RoIAlign read the
+whole trunk's output map, and each RoI goes through torchvision's ``TwoMLPHead``; a CNN has no
+layer4 to split off.
 
 Images go in as RGB float ``(3, H, W)`` in [0, 1]; torchvision's ``GeneralizedRCNNTransform``
 normalises them with the base backbone's mean/std and resizes them so the short side is
@@ -34,6 +38,7 @@ from .images import ImageInput, decode
 FORMAT = "discovery-cad/1"
 TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 NORMS = ("frozen", "sync")
+LAYOUTS = ("c4", "single")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class DetectorConfig:
         norm: ``frozen`` (every BatchNorm a fixed affine map) or ``sync`` (trainable stages use batch
             statistics, SyncBatchNorm under torchrun on CUDA, as the reference).
         freeze_at: stages not trained: 0 none, 1 stem, 2 stem+layer1 (the reference), ... 5 all of the trunk.
+            With layout ``single``: 0 trains the trunk, anything else freezes all of it.
+        layout: ``c4`` (a ResNet50 base) or ``single`` (any other CNN; set by the trainer from the base).
+        head_width: the ``single`` layout's RoI head width (``TwoMLPHead``'s representation size).
     """
 
     min_size: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
@@ -73,10 +81,16 @@ class DetectorConfig:
     detections: int = 100
     norm: str = "frozen"
     freeze_at: int = 2
+    layout: str = "c4"
+    head_width: int = 1024
 
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.head_width < 1:
+            raise ValueError(f"head_width must be at least 1, got {self.head_width}")
         if not 0 <= self.freeze_at <= 5:
             raise ValueError(f"freeze_at must be 0..5, got {self.freeze_at}")
         if not self.min_size or min(self.min_size) < 32 or self.min_size_test < 32:
@@ -114,39 +128,57 @@ class C4Trunk(nn.Sequential):
     out_channels = 1024
 
 
-def build_model(trunk: nn.Sequential, mean: Sequence[float], std: Sequence[float], config: DetectorConfig) -> nn.Module:
-    """A torchvision ``FasterRCNN`` (2 classes: background, object) around a ResNet50 ``trunk``
-    (``nn.Sequential`` of conv1, bn1, relu, maxpool, layer1..layer4, not dilated; it is consumed).
+class MapTrunk(nn.Module):
+    """Any CNN trunk as torchvision's detection backbone: ``{"0": trunk(x)}`` and ``out_channels``."""
 
-    Frozen stages (``config.freeze_at``) get ``requires_grad=False`` and frozen BatchNorm; with
-    ``norm="frozen"`` every BatchNorm is frozen.
-    """
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    def __init__(self, trunk: nn.Module, out_channels: int):
+        super().__init__()
+        self.trunk = trunk
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"0": self.trunk(x)}
+
+
+def _predictor(width: int) -> nn.Module:
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-    from torchvision.ops import MultiScaleRoIAlign
 
-    if len(trunk) != len(TRUNK_NAMES):
-        raise ValueError(f"expected a ResNet50 trunk of {len(TRUNK_NAMES)} parts, got {len(trunk)}")
-    parts = list(trunk.children())
-    # stage s of freeze_at: 1 = stem (conv1, bn1), 2..5 = layer1..layer4
-    stage_of = [1, 1, 1, 1, 2, 3, 4, 5]
-    for part, stage in zip(parts, stage_of):
-        if stage <= config.freeze_at or config.norm == "frozen":
-            _frozen(part)
-        if stage <= config.freeze_at:
-            part.requires_grad_(False)
-        else:
-            part.requires_grad_(True)
-    body = C4Trunk(*parts[:7])
-    head = nn.Sequential(parts[7], nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    predictor = FastRCNNPredictor(2048, 2)
+    predictor = FastRCNNPredictor(width, 2)
     # Detectron2's FastRCNNOutputLayers init (torchvision keeps nn.Linear's default, whose logits
     # scale with the feature norm: on a random base's large RoI features the first steps diverge)
     nn.init.normal_(predictor.cls_score.weight, std=0.01)
     nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
     for layer in (predictor.cls_score, predictor.bbox_pred):
         nn.init.zeros_(layer.bias)
+    return predictor
+
+
+def build_model(trunk: nn.Module, mean: Sequence[float], std: Sequence[float], config: DetectorConfig) -> nn.Module:
+    """A torchvision ``FasterRCNN`` (2 classes: background, object) around ``trunk`` (it is consumed).
+
+    Layout ``c4``: a ResNet50 trunk (``nn.Sequential`` of conv1, bn1, relu, maxpool, layer1..layer4,
+    not dilated); frozen stages (``config.freeze_at``) get ``requires_grad=False`` and frozen
+    BatchNorm; with ``norm="frozen"`` every BatchNorm is frozen. Layout ``single``: any CNN trunk
+    ``(B, 3, H, W)`` → ``(B, C, h, w)``, trained when ``freeze_at`` is 0, its BatchNorm frozen
+    unless ``norm="sync"``.
+    """
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if config.layout == "single":
+        if config.norm == "frozen" or config.freeze_at > 0:
+            _frozen(trunk)
+        trunk.requires_grad_(config.freeze_at == 0)
+        with torch.no_grad():
+            channels = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
+        body: nn.Module = MapTrunk(trunk, channels)
+        head: nn.Module = TwoMLPHead(channels * config.roi_size**2, config.head_width)
+        predictor = _predictor(config.head_width)
+    else:
+        body, head = _c4_parts(trunk, config)
+        predictor = _predictor(2048)
     anchors = AnchorGenerator(sizes=(tuple(config.anchor_sizes),), aspect_ratios=(tuple(config.aspect_ratios),))
     return FasterRCNN(
         body,
@@ -164,13 +196,38 @@ def build_model(trunk: nn.Sequential, mean: Sequence[float], std: Sequence[float
     )
 
 
+def _c4_parts(trunk: nn.Sequential, config: DetectorConfig) -> tuple[nn.Module, nn.Module]:
+    """conv1..layer3 (the RPN's map) and layer4 + average pool (the RoI head) of a ResNet50 trunk."""
+    if len(trunk) != len(TRUNK_NAMES):
+        raise ValueError(f"expected a ResNet50 trunk of {len(TRUNK_NAMES)} parts, got {len(trunk)}")
+    parts = list(trunk.children())
+    # stage s of freeze_at: 1 = stem (conv1, bn1), 2..5 = layer1..layer4
+    stage_of = [1, 1, 1, 1, 2, 3, 4, 5]
+    for part, stage in zip(parts, stage_of):
+        if stage <= config.freeze_at or config.norm == "frozen":
+            _frozen(part)
+        if stage <= config.freeze_at:
+            part.requires_grad_(False)
+        else:
+            part.requires_grad_(True)
+    return C4Trunk(*parts[:7]), nn.Sequential(parts[7], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 def set_test_size(model: nn.Module, config: DetectorConfig) -> None:
     """Make the model's transform resize to ``min_size_test`` (torchvision uses ``min_size[-1]`` in eval)."""
     model.transform.min_size = (config.min_size_test,)
 
 
-def bare_trunk() -> nn.Sequential:
-    """An uninitialised ResNet50 trunk (the shapes a checkpoint is loaded into)."""
+def bare_trunk(config: DetectorConfig | None = None, base: str | None = None, stride: int = 32) -> nn.Module:
+    """The trunk a checkpoint's weights are loaded into: an uninitialised ResNet50 for layout
+    ``c4``; for ``single``, the base backbone ``base`` (a ``timm:`` / ``module:`` name) built again
+    at ``stride``, whose weights the checkpoint then replaces."""
+    if config is not None and config.layout == "single":
+        from .backbones import load_backbone
+
+        if not base:
+            raise W.WeightsError("the detector's metadata names no base backbone to build its trunk from")
+        return load_backbone(base, device="cpu", stride=stride, download=False).trunk
     from torchvision.models import resnet50
 
     net = resnet50(weights=None)
@@ -230,9 +287,10 @@ class Detector:
         try:
             self.config = DetectorConfig.from_json(meta["detector"])
             mean, std = meta["base"]["mean"], meta["base"]["std"]
-        except (KeyError, TypeError, ValueError) as err:
+            base, stride = meta["base"].get("name"), int(meta["base"].get("stride", 32))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise W.WeightsError(f"{path}: malformed detector metadata ({err})") from None
-        model = build_model(bare_trunk(), mean, std, self.config)
+        model = build_model(bare_trunk(self.config, base, stride), mean, std, self.config)
         try:
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as err:

@@ -159,7 +159,7 @@ def load_external_checkpoint(name: str, path: Path, state: dict, meta: dict, str
     metadata, then load the checkpoint's ``trunk.*`` / ``fc.*`` tensors (all must match)."""
     base = str(meta.get("base", {}).get("name", ""))
     parsed = W.parse_backbone_name(base)
-    if parsed.kind not in ("timm", "module"):
+    if not parsed.is_external:
         raise W.WeightsError(f"{path}: its base {base!r} is not a timm or module backbone")
     backbone = load_external(base, parsed, stride)
     try:

@@ -131,6 +131,11 @@ class BackboneName:
     value: str
     path: str | None = None
 
+    @property
+    def is_external(self) -> bool:
+        """A CNN built outside this package (``timm:`` / ``module:``), not a ResNet50 file."""
+        return self.kind in ("timm", "module")
+
 
 def parse_backbone_name(name: str) -> BackboneName:
     """The one parser of backbone names: a registry name, ``timm:NAME[@FILE]``,

@@ -3,7 +3,8 @@
 resume after a stop and after SIGKILL, safe checkpoint loading.
 
 CPU budget: tiny images, a frozen trunk (``--freeze-at 5``: only the RPN head and the box
-predictor train), a few RoIs per image, 2-3 iterations. Nothing is downloaded.
+predictor train), a few RoIs per image, 2-3 iterations; the check that the detector gets ahead of
+LOST trains a small single-map detector for 200 iterations (~30 s). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -186,3 +187,79 @@ def test_gpu_training_speed(lost_run, tmp_path, capsys):
     err = capsys.readouterr().err
     print(err.strip().splitlines()[-1], f"(wall {time.perf_counter() - started:.1f} s)")
     assert "images/s" in err and Detector(out, device="cuda")(np.zeros((64, 64, 3), np.uint8)).image_size == (64, 64)
+
+
+def small_object_voc(root: Path, n: int, seed: int = 0, side: int = 128) -> Path:
+    """``n`` images ``side`` px square, each with 1-2 bright non-overlapping rectangles or discs of
+    25-45 % of the side on a dark textured background: every object is a minority of its image,
+    so the whole image is never a correct box (CorLoc 0)."""
+    from eval.synth import SynthImage, SynthObject, write_voc
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side]
+    images = []
+    for index in range(n):
+        fx, fy = rng.uniform(0.05, 0.4, size=2)
+        texture = np.sin(xx * fx + rng.uniform(0, 6)) * np.cos(yy * fy + rng.uniform(0, 6))
+        img = rng.uniform(40, 110, size=3) + 25 * texture[..., None] + rng.normal(0, 8, size=(side, side, 3))
+        taken = np.zeros((side, side), bool)
+        objects = []
+        for _ in range(int(rng.integers(1, 3))):
+            bw, bh = (int(side * v) for v in rng.uniform(0.25, 0.45, size=2))
+            x1, y1 = int(rng.integers(0, side - bw)), int(rng.integers(0, side - bh))
+            if taken[max(0, y1 - 4):y1 + bh + 4, max(0, x1 - 4):x1 + bw + 4].any():
+                continue
+            taken[y1:y1 + bh, x1:x1 + bw] = True
+            disc = bool(rng.integers(0, 2))
+            inside = np.ones((bh, bw), bool)
+            if disc:
+                v, u = np.mgrid[0:bh, 0:bw]
+                inside = ((v - bh / 2 + 0.5) / (bh / 2)) ** 2 + ((u - bw / 2 + 0.5) / (bw / 2)) ** 2 <= 1
+            region = img[y1:y1 + bh, x1:x1 + bw]
+            region[inside] = rng.uniform(170, 255, size=3) + rng.normal(0, 12, size=(int(inside.sum()), 3))
+            rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+            box = (x1 + int(cols[0]), y1 + int(rows[0]), x1 + int(cols[-1]) + 1, y1 + int(rows[-1]) + 1)
+            objects.append(SynthObject("disc" if disc else "square", box, False, False))
+        images.append(SynthImage(index, np.clip(img, 0, 255).round().astype(np.uint8), tuple(objects)))
+    write_voc(root / "VOCdevkit" / "VOC2007", [f"{i + 1:06d}" for i in range(n)], images)
+    return root
+
+
+def test_detector_trained_on_lost_boxes_is_ahead_of_lost(tmp_path, capsys, monkeypatch):
+    """LOST+CAD's finding, on CPU: a detector trained on LOST's boxes (one per image) finds the
+    objects more often than LOST itself, and finds several per image (AP50).
+
+    LOST runs on a patch-embedding backbone (tests/patch_backbone.py), whose boxes carry object
+    information here (a random ResNet50's are the whole image). The detector is torchvision's Faster
+    R-CNN on that backbone's map with an MLP RoI head (the layout for non-ResNet50 bases), 200
+    iterations of 8 images, ~30 s on one core. Measured on this data (seed 0): LOST 96.9, detector
+    100, AP50 100. Over data seeds 0-4 the detector was ahead on four (by 3-8 points) and one image
+    behind on one (89.1 vs 90.6): the reference's finding is statistical, this test pins one set.
+    """
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = small_object_voc(tmp_path / "data", 64)
+        lost, cad, out = tmp_path / "lost", tmp_path / "cad", tmp_path / "det.safetensors"
+        base = ["--backbone", "module:patch_backbone:patch", "--stride", "16"]
+        assert eval_main(["run", "--dataset", "voc07", "--root", str(root), *base, "--out", str(lost), "--no-progress"]) == 0
+        lost_corloc = json.loads(capsys.readouterr().out)["corloc"]
+        assert lost_corloc >= 70  # LOST's boxes carry object information; the whole image scores 0
+        assert discovery_main([
+            "cad", "train", "--run", str(lost), "--base", "module:patch_backbone:patch", "--base-stride", "16",
+            "--out", str(out), "--iterations", "200", "--batch-size", "8", "--lr", "0.01", "--warmup", "20", "--clip-grad", "5",
+            "--min-size", "128", "--min-size-test", "128", "--max-size", "128", "--anchor-sizes", "24,32,48,64",
+            "--roi-size", "7", "--head-width", "256", "--rpn-batch", "32", "--roi-batch", "32", "--proposals", "200,50,200,20",
+            "--freeze-at", "0", "--workers", "0", "--checkpoint-every", "1000", "--no-progress",
+        ]) == 0
+        meta = read_checkpoint(out)[1]
+        assert meta["detector"]["layout"] == "single" and meta["base"]["stride"] == 16
+        capsys.readouterr()
+        assert eval_main(["run", "--dataset", "voc07", "--root", str(root), "--method", f"cad:{out}", "--out", str(cad), "--no-progress"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+    finally:
+        torch.set_num_threads(torch_threads)
+    print(f"CorLoc: LOST {lost_corloc}, detector {summary['corloc']}; detector AP50 {summary['ap50']}")
+    assert summary["corloc"] >= lost_corloc, f"detector {summary['corloc']} vs LOST {lost_corloc}"
+    assert summary["ap50"] >= 60

@@ -23,9 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cad", help="train a class-agnostic detector on discovered boxes (LOST+CAD)")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d, a = CADConfig(run=Path(), base="", out=Path()), DetectorConfig()
-    t = actions.add_parser("train", help="train a Faster R-CNN C4 on the boxes of an `eval run` folder")
+    t = actions.add_parser("train", help="train a Faster R-CNN (C4 on a ResNet50) on the boxes of an `eval run` folder")
     t.add_argument("--run", dest="run_dir", type=Path, required=True, help="an `eval run` folder (config.json + predictions.jsonl)")
-    t.add_argument("--base", required=True, help="ResNet50 init: imagenet | imagenet-v2 | dino | random | pul:PATH | PATH")
+    t.add_argument("--base", required=True,
+                   help="trunk init: imagenet | imagenet-v2 | dino | random | pul:PATH | PATH (ResNet50: C4 layout) | "
+                        "timm:NAME[@FILE] | module:pkg.mod:factory (any CNN: its output map and an MLP RoI head)")
+    t.add_argument("--base-stride", type=int, default=d.base_stride,
+                   help=f"output stride of a timm:/module: base (default {d.base_stride}; a ResNet50 is always 32)")
     t.add_argument("--out", type=Path, required=True, help="the detector to write (.safetensors)")
     t.add_argument("--root", type=Path, default=None, help="the dataset folder, if it moved since the run")
     t.add_argument("--iterations", type=int, default=d.iterations, help=f"default {d.iterations}")
@@ -47,7 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--proposals", type=_ints, default=(a.pre_nms_train, a.proposals_train, a.pre_nms_test, a.proposals_test),
                    metavar="PRE_TRAIN,TRAIN,PRE_TEST,TEST", help="RPN proposals before/after NMS (default 12000,2000,6000,1000)")
     t.add_argument("--norm", choices=NORMS, default=a.norm, help="BatchNorm: frozen (default) or sync (batch statistics, SyncBN under torchrun)")
-    t.add_argument("--freeze-at", type=int, default=a.freeze_at, help="untrained stages: 0 none .. 2 stem+layer1 (default) .. 5 whole trunk")
+    t.add_argument("--freeze-at", type=int, default=a.freeze_at,
+                   help="untrained stages: 0 none .. 2 stem+layer1 (default) .. 5 whole trunk; a timm:/module: trunk trains only at 0")
+    t.add_argument("--head-width", type=int, default=a.head_width, help=f"MLP RoI head width of a timm:/module: base (default {a.head_width})")
     t.add_argument("--workers", type=int, default=d.workers, help=f"image decoding workers (default {d.workers})")
     t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"write OUT.state.pt every N iterations (default {d.checkpoint_every})")
     t.add_argument("--stop-after", type=int, default=None, metavar="ITERS", help="stop after this many iterations, resumable with --resume")
@@ -70,9 +76,10 @@ def run_train(args: argparse.Namespace) -> int:
         roi_size=args.roi_size, rpn_batch=args.rpn_batch, roi_batch=args.roi_batch,
         pre_nms_train=args.proposals[0], proposals_train=args.proposals[1],
         pre_nms_test=args.proposals[2], proposals_test=args.proposals[3], norm=args.norm, freeze_at=args.freeze_at,
+        head_width=args.head_width,
     )
     config = CADConfig(
-        run=args.run_dir, base=args.base, out=args.out, root=args.root, detector=detector, iterations=args.iterations,
+        run=args.run_dir, base=args.base, out=args.out, root=args.root, base_stride=args.base_stride, detector=detector, iterations=args.iterations,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_steps=args.lr_steps, clip_grad=args.clip_grad, seed=args.seed,
         flip=not args.no_flip, workers=args.workers, checkpoint_every=args.checkpoint_every, stop_after=args.stop_after,
         resume=args.resume, overwrite=args.overwrite, device=args.device, weights_dir=args.weights_dir,
