@@ -78,13 +78,9 @@ def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
     """Draw a dynamics CSV to a PNG: losses, the predicted-class shares per step (the swing
     phenomenon), the function speed (log scale, with a moving average) and, when the run was
     scored while training, CorLoc at the scored steps."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise PULError("plotting needs matplotlib: pip install matplotlib") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .figures import pyplot
 
+    plt = pyplot()
     data = read_dynamics(csv_path)
     steps = data["step"]
     hist_names = sorted((k for k in data if k.startswith("hist_")), key=lambda k: int(k[5:]))

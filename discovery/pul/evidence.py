@@ -206,7 +206,7 @@ def write_evidence(
     if plot:
         from .figures import pyplot
 
-        pyplot()  # fail before the expensive part when matplotlib is missing
+        pyplot(" (or --no-plot)")  # fail before the expensive part when matplotlib is missing
     checkpoints = [load_checkpoint(n, stride, device, weights_dir) for n in names]
     labels, classes = training_labels(checkpoints, images)
     chosen = pick(images, count)

@@ -11,12 +11,12 @@ from .data import PULError
 from .evidence import STAGES, CamCell, StageStats
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend, or a one-line :class:`PULError`."""
+def pyplot(hint: str = ""):
+    """matplotlib's pyplot on the Agg backend, or a one-line :class:`PULError` (ending in ``hint``)."""
     try:
         import matplotlib
     except ImportError:
-        raise PULError("plotting needs matplotlib: pip install 'object-discovery[plot]' (or --no-plot)") from None
+        raise PULError(f"plotting needs matplotlib: pip install 'object-discovery[plot]'{hint}") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
