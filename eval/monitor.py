@@ -20,6 +20,7 @@ from .datasets import Item, open_dataset
 from .loader import bucketed, decoded_stream
 from .methods import lost
 from .metrics import corloc
+from .overlap import overlapped
 
 
 class CorLocHook:
@@ -37,12 +38,17 @@ class CorLocHook:
     def __call__(self, steps_done: int, backbone: Backbone) -> float:
         localizer = Localizer(backbone, max_side=None)
         boxes: dict[str, tuple[float, float, float, float]] = {}
-        stream = decoded_stream(self.items, localizer.stride, self.workers)
-        for batch in bucketed(stream, self.batch_size):
+        batches = bucketed(decoded_stream(self.items, localizer.stride, self.workers), self.batch_size)
+
+        def embed(good):
+            return localizer.embed_arrays([d.rgb for d in good])
+
+        def propose(embeddings):
+            return lost(localizer, embeddings, self.k)
+
+        for batch, proposals in overlapped(batches, embed, propose, localizer.backbone.device):
             good = [d for d in batch if d.rgb is not None]
-            if good:
-                proposals = lost(localizer, localizer.embed_arrays([d.rgb for d in good]), self.k)
-                boxes.update((d.item.image_id, p.box) for d, p in zip(good, proposals))
+            boxes.update((d.item.image_id, p.box) for d, p in zip(good, proposals))
         return corloc(self.items, boxes).value
 
 
