@@ -42,7 +42,7 @@ def best_rate(fn: Callable[[], int], device: torch.device, repeats: int) -> floa
 
 
 def trunk_rate(localizer: Localizer, batch: int, size: tuple[int, int], repeats: int) -> float:
-    """Images/s of the trunk alone (channels-last, the localizer's precision) on a random batch on its device."""
+    """Images/s of the trunk alone (the localizer's memory format and precision) on a random batch on its device."""
     device = localizer.backbone.device
     x = torch.randn(batch, 3, *size, device=device)
     return best_rate(lambda: (localizer.features(x), batch)[1], device, repeats)
