@@ -1,7 +1,8 @@
-"""``python -m app``: start the Gradio app (see :mod:`app.main`)."""
+"""``python -m app`` in a checkout: start the Gradio app, under its one module name ``discovery.app``
+(see :mod:`discovery.app.main`)."""
 
 import sys
 
-from .main import main
+from discovery.app.main import main
 
 sys.exit(main())

@@ -18,8 +18,8 @@ import torch
 from discovery.images import normalize_and_pad_batch
 from discovery.localizer import Localizer
 from discovery.lost import localize_batch
-from eval.datasets import Item
-from eval.loader import bucketed, decoded_stream
+from discovery.eval.datasets import Item
+from discovery.eval.loader import bucketed, decoded_stream
 
 
 def synchronize(device: torch.device) -> None:

@@ -40,7 +40,7 @@ TARGETS = {"speedup": 1.5, "backbone_efficiency": 0.80, "lost_share": 0.05}
 
 
 def _write_images(folder: Path, seed: int, indices: range, sizes: tuple[tuple[int, int], ...]) -> None:
-    from eval.synth import make_image, write_voc
+    from discovery.eval.synth import make_image, write_voc
 
     images = [make_image(np.random.default_rng([seed, i]), i, sizes[i % len(sizes)]) for i in indices]
     write_voc(folder, [f"{i + 1:06d}" for i in indices], images)
@@ -152,7 +152,7 @@ def run_eval(
     root: Path, out: Path, limit: int, args: argparse.Namespace, precision: str = "fp32", tf32: bool = False
 ) -> dict:
     """``eval run``'s code path on the synthetic VOC07, in this process; the summary plus its boxes."""
-    from eval.runner import RunOptions, run
+    from discovery.eval.runner import RunOptions, run
 
     summary = run(RunOptions(
         dataset="voc07", root=root, backbone="random", out=out, limit=limit, batch_size=args.batch_size,
@@ -171,7 +171,7 @@ def gpu_section(root: Path, coco_root: Path, images: int, coco_images: int, args
     """The GPU table: each stage's rate, ``eval run`` end to end on VOC- and COCO-sized images in
     IEEE fp32 (the protocol) and with TF32, and the boxes of TF32 and of ``args.precision`` against
     IEEE fp32's on every image."""
-    from eval.datasets import open_dataset
+    from discovery.eval.datasets import open_dataset
 
     full = run_eval(root, root / "full", images, args)
     items = open_dataset("voc07", root).items[:images]
@@ -195,7 +195,7 @@ def peak_rss_mb(root: Path, out: Path, limit: int, args: argparse.Namespace) -> 
     script = (
         "import re\n"
         "from pathlib import Path\n"
-        "from eval.runner import RunOptions, run\n"
+        "from discovery.eval.runner import RunOptions, run\n"
         f"run(RunOptions(dataset='voc07', root=Path({str(root)!r}), backbone='random', out=Path({str(out)!r}),"
         f" limit={limit}, batch_size={args.batch_size}, workers={args.workers}, device={args.device!r}, progress=False))\n"
         # VmHWM, not ru_maxrss: Linux carries the forking parent's RSS into a child's ru_maxrss

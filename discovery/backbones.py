@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,15 +154,26 @@ def state_sha256(*modules: nn.Module | None) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block; afterwards every submodule has its own training flag
+    back (``module.train(flag)`` would set one flag on all of them). Inference paths use this so a
+    backbone runs with its BatchNorm/dropout statistics frozen whatever state the caller left it in."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 @torch.no_grad()
 def _measure_channels(trunk: nn.Module, stride: int) -> int:
-    was_training = trunk.training
     param = next(trunk.parameters(), None)
     x = torch.zeros(1, 3, 4 * stride, 4 * stride, device=param.device if param is not None else "cpu")
-    try:
-        out = trunk.eval()(x)
-    finally:
-        trunk.train(was_training)
+    with eval_mode(trunk):
+        out = trunk(x)
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"a backbone trunk must return a (B, C, h, w) tensor, got {shape}")

@@ -33,11 +33,12 @@ import torch
 import discovery
 from discovery.distributed import DistContext, from_env, join, teardown
 from discovery.files import write_text_atomic
+from discovery.provenance import git_revision
 from discovery.pul import PULConfig, state_path, train
 from discovery.splits import DATASETS
 from discovery.weights import load_file
 
-from .runner import RunError, RunOptions, git_revision, run
+from .runner import RunError, RunOptions, run
 from .synth import make_synthetic
 from .table import PIPELINE_CHECK, Row, table_csv, table_markdown
 

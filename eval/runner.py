@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from discovery.files import write_text_atomic
 from discovery.images import PreparedImage
 from discovery.localizer import Embedding, Localizer
 from discovery.precision import precision_record
+from discovery.provenance import git_revision
 
 from . import predictions as P
 from .datasets import Dataset, Item, open_dataset
@@ -85,21 +85,6 @@ class RunOptions:
     image_list: Path | None = None
     skip_bad: bool = False
     progress: bool = True
-
-
-def git_revision() -> str:
-    """``HEAD`` of the checkout this package runs from (``+dirty`` with local changes), or ``unknown``."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
-        )
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _embedder(localizer: Localizer, method: Method):

@@ -18,9 +18,9 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.config import AppConfig
-from app.engine import Engine
-from app.ui import build_demo, launch_options
+from discovery.app.config import AppConfig
+from discovery.app.engine import Engine
+from discovery.app.ui import build_demo, launch_options
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")

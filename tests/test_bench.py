@@ -22,7 +22,7 @@ def test_backbone_flops_match_the_design_figures(stride, gflop):
 
 
 def test_reference_loop_boxes_equal_ours(tmp_path, random_backbone):
-    from eval.synth import make_image, write_voc
+    from discovery.eval.synth import make_image, write_voc
 
     rng = np.random.default_rng(3)
     sizes = [(96, 128), (130, 100), (75, 130), (160, 112)]
@@ -47,7 +47,7 @@ def test_device_figures_run_on_cpu(tmp_path, capsys):
     """The GPU table's code path, on the CPU at a small size (the figures are not meaningful here)."""
     from bench.pipeline import device_figures
     from bench.run import gpu_rows
-    from eval.datasets import open_dataset
+    from discovery.eval.datasets import open_dataset
 
     make_voc(tmp_path, 3)
     items = open_dataset("voc07", tmp_path).items

@@ -25,10 +25,10 @@ from discovery import Detector
 from discovery import weights as W
 from discovery.cli import main as discovery_main
 from discovery.pul import state_path
-from eval.cli import main as eval_main
-from eval.datasets import open_dataset
-from eval.detection import detection_score
-from eval.synth import make_synthetic
+from discovery.eval.cli import main as eval_main
+from discovery.eval.datasets import open_dataset
+from discovery.eval.detection import detection_score
+from discovery.eval.synth import make_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--min-size", "64", "--min-size-test", "64", "--max-size", "128", "--anchor-sizes", "16,32,64",
@@ -193,7 +193,7 @@ def small_object_voc(root: Path, n: int, seed: int = 0, side: int = 128) -> Path
     """``n`` images ``side`` px square, each with 1-2 bright non-overlapping rectangles or discs of
     25-45 % of the side on a dark textured background: every object is a minority of its image,
     so the whole image is never a correct box (CorLoc 0)."""
-    from eval.synth import SynthImage, SynthObject, write_voc
+    from discovery.eval.synth import SynthImage, SynthObject, write_voc
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:side, 0:side]

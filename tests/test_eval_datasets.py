@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.cli import main
-from eval.datasets import DatasetError, coco_box, image_paths, open_dataset
-from eval.fetch import fetch_coco20k_list
+from discovery.eval.cli import main
+from discovery.eval.datasets import DatasetError, coco_box, image_paths, open_dataset
+from discovery.eval.fetch import fetch_coco20k_list
 
 
 def _jpeg(path: Path, size=(8, 8)) -> None:

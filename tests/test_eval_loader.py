@@ -12,11 +12,11 @@ from PIL import Image
 
 from discovery.images import decode
 from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
-from eval.cli import main
-from eval.datasets import Item, open_dataset
-from eval.loader import Decoded, DecodeDataset, bucketed, decoded_stream, load_image, read_rgb
-from eval.methods import METHODS, get_method
-from eval.synth import synthetic_images
+from discovery.eval.cli import main
+from discovery.eval.datasets import Item, open_dataset
+from discovery.eval.loader import Decoded, DecodeDataset, bucketed, decoded_stream, load_image, read_rgb
+from discovery.eval.methods import METHODS, get_method
+from discovery.eval.synth import synthetic_images
 
 
 def test_load_image_keeps_stored_pixel_frame_and_pads(tmp_path):
@@ -105,7 +105,7 @@ def test_decoded_stream_workers_keep_order(tmp_path):
 def _jpeg_variants(folder: Path) -> list[Path]:
     """JPEGs as cameras and datasets write them: VOC sizes, odd sizes, 4:4:4 / 4:2:2 / 4:2:0
     subsampling, baseline and progressive, several qualities, plus grayscale and CMYK ones."""
-    from eval.synth import make_image
+    from discovery.eval.synth import make_image
 
     rng = np.random.default_rng(5)
     paths = []
@@ -132,7 +132,7 @@ def test_jpeg_decoding_gives_pils_pixels(tmp_path):
 
 
 def test_jpeg_fast_path_is_taken_for_colour_jpegs(tmp_path, monkeypatch):
-    import eval.loader as L
+    import discovery.eval.loader as L
 
     calls = []
     real = L._decode_jpeg_rgb

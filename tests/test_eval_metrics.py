@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.cli import main
-from eval.datasets import Dataset, Item, open_dataset
-from eval.metrics import best_iou, corloc, iou, is_correct
-from eval.predictions import append_records, load_records, read_predictions
-from eval.scoring import match_ids, score_file
+from discovery.eval.cli import main
+from discovery.eval.datasets import Dataset, Item, open_dataset
+from discovery.eval.metrics import best_iou, corloc, iou, is_correct
+from discovery.eval.predictions import append_records, load_records, read_predictions
+from discovery.eval.scoring import match_ids, score_file
 
 
 def test_iou_is_continuous_without_plus_one():

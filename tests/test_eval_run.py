@@ -28,10 +28,10 @@ from discovery.explain import Explainer
 from discovery.images import normalize_and_pad
 from discovery.localizer import Localizer
 from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
-from eval.cli import main
-from eval.datasets import open_dataset
-from eval.runner import RunError, RunOptions, run
-from eval.synth import make_image, make_synthetic
+from discovery.eval.cli import main
+from discovery.eval.datasets import open_dataset
+from discovery.eval.runner import RunError, RunOptions, run
+from discovery.eval.synth import make_image, make_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 N_IMAGES = 8

@@ -22,11 +22,11 @@ from torchvision.datasets.voc import DATASET_YEAR_DICT
 
 import discovery.weights as W
 from discovery.download import Checksum, DownloadError, download
-from eval.archives import extract
-from eval.cli import main
-from eval.datasets import DatasetError, open_dataset
-from eval.fetch import downloads, fetch_coco20k_list, fetch_dataset
-from eval.synth import make_synthetic
+from discovery.eval.archives import extract
+from discovery.eval.cli import main
+from discovery.eval.datasets import DatasetError, open_dataset
+from discovery.eval.fetch import downloads, fetch_coco20k_list, fetch_dataset
+from discovery.eval.synth import make_synthetic
 
 VOC07 = DATASET_YEAR_DICT["2007"]["filename"]
 VOC12 = DATASET_YEAR_DICT["2012"]["filename"]
@@ -231,7 +231,7 @@ def test_wrong_checksum_is_refused_and_nothing_is_unpacked(server, tmp_path, cap
 def test_env_mirror_and_cli_success(server, tmp_path, published, monkeypatch, capsys):
     url, state = server
     monkeypatch.setenv("DISCOVERY_DATA_MIRROR", url)
-    monkeypatch.setattr("eval.fetch.downloads", lambda name: _items(name, published))
+    monkeypatch.setattr("discovery.eval.fetch.downloads", lambda name: _items(name, published))
     assert main(["fetch", "voc12", "--root", str(tmp_path), "--no-progress", "--keep-archives"]) == 0
     assert "voc12: " in capsys.readouterr().out and state.gets(VOC12) == [None]
     assert (tmp_path / "archives" / VOC12).read_bytes() == published[VOC12]

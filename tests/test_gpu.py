@@ -26,7 +26,7 @@ CUDA = "cuda"
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    from eval.cli import main
+    from discovery.eval.cli import main
 
     root = tmp_path_factory.mktemp("synth")
     assert main(["synth", "--out", str(root), "--n", "24", "--seed", "1"]) == 0
@@ -50,7 +50,7 @@ def test_device_batch_is_bit_identical_to_the_cpu_one():
 
 
 def test_eval_run_on_cuda_matches_cpu_and_records_precision(synth, tmp_path):
-    from eval.cli import main
+    from discovery.eval.cli import main
 
     common = ["run", "--dataset", "voc07", "--root", str(synth), "--backbone", "random", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "cpu")]) == 0
@@ -130,7 +130,7 @@ def test_pul_train_on_cuda_batch_64_stays_finite(tmp_path, capsys):
 
 
 def test_app_engine_on_cuda(textured_image):
-    from app.engine import Engine
+    from discovery.app.engine import Engine
 
     analysis = Engine(device=CUDA, max_side=160).analyze(textured_image, "random", 16, 100, "gradcam")
     cpu = Engine(max_side=160).analyze(textured_image, "random", 16, 100, "gradcam")
@@ -140,7 +140,7 @@ def test_app_engine_on_cuda(textured_image):
 
 def test_bench_device_figures_on_cuda(synth):
     from bench.pipeline import device_figures
-    from eval.datasets import open_dataset
+    from discovery.eval.datasets import open_dataset
 
     items = open_dataset("voc07", synth).items
     figures = device_figures(items, CUDA, workers=2, batch=8, repeats=2)

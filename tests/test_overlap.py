@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.datasets import Item
-from eval.loader import Decoded
-from eval.overlap import overlapped
+from discovery.eval.datasets import Item
+from discovery.eval.loader import Decoded
+from discovery.eval.overlap import overlapped
 
 
 def _batch(ids: list[int], bad: bool = False) -> list[Decoded]:

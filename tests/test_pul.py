@@ -343,7 +343,7 @@ def write_voc(root: Path, ids: list[str]) -> None:
 
 
 def test_dataset_option_uses_the_split_image_list(bases, tmp_path, capsys):
-    pytest.importorskip("eval.datasets")
+    pytest.importorskip("discovery.eval.datasets")
     ids = [f"{n:06d}" for n in (5, 7, 9, 12, 17)]
     write_voc(tmp_path / "voc", ids)
     make_images(tmp_path / "voc" / "VOCdevkit" / "VOC2007" / "JPEGImages" / "extra", 2)  # not in the split
