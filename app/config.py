@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from discovery.backbones import STRIDES
+from discovery.resnet import STRIDES
 from discovery.localizer import DEFAULT_MAX_SIDE
-from discovery.weights import WeightsError, parse_backbone_name
+from discovery.names import parse_backbone_name
+from discovery.weights import WeightsError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,11 @@ import numpy as np
 import torch
 
 from discovery import viz
+from discovery import names as N
 from discovery import weights as W
-from discovery.backbones import STRIDES, Backbone, load_backbone
+from discovery.backbone import Backbone
+from discovery.backbones import load_backbone
+from discovery.resnet import STRIDES
 from discovery.detector import Detections, Detector
 from discovery.explain import Explainer
 from discovery.images import ImageInput, PreparedImage
@@ -49,9 +52,9 @@ def backbone_name(choice: str, checkpoint: str = "") -> str:
         path = (checkpoint or "").strip()
         if not path:
             raise ValueError("backbone 'checkpoint' needs a path: type pul:PATH, a .safetensors/.pt/.pth file, timm:NAME or module:pkg.mod:factory")
-        if path.startswith((W.CHECKPOINT_PREFIX, *W.EXTERNAL_PREFIXES)) or path.endswith(W.CHECKPOINT_SUFFIXES):
+        if path.startswith((N.CHECKPOINT_PREFIX, *N.EXTERNAL_PREFIXES)) or path.endswith(N.CHECKPOINT_SUFFIXES):
             return path
-        return f"{W.CHECKPOINT_PREFIX}{path}"
+        return f"{N.CHECKPOINT_PREFIX}{path}"
     if choice not in W.REGISTRY:
         raise ValueError(f"unknown backbone {choice!r}; choose one of {', '.join(W.REGISTRY)} or {CHECKPOINT!r}")
     return choice
@@ -235,11 +238,14 @@ class Engine:
         found_by = self.detector(detector_path)[0] if detector_path else None  # a bad file fails early too
         if found_by is not None:
             lap("load_detector")
-        prepared = explainer.localizer.prepare(image)
+        localizer = explainer.localizer
+        prepared = localizer.prepare(image)
         lap("prepare")
-        cam = explainer(prepared, method=method, target=target)
-        lap("forward_and_cam")
-        loc = explainer.localizer.localize(cam.embedding, k=k)
+        embedding = localizer.embed(prepared)  # the one forward pass both queries read
+        lap("forward")
+        cam = explainer.explain(embedding, method=method, target=target)
+        lap("cam")
+        loc = localizer.localize(embedding, k=k)
         lap("lost")
         found = None
         if found_by is not None:

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from discovery.backbones import check_device, load_backbone
+from discovery.backbone import check_device
+from discovery.backbones import load_backbone
+from discovery.explain import Explainer
 from discovery.localizer import Localizer
 from discovery.lost import localize
 from discovery.precision import fp32_math
@@ -132,17 +134,14 @@ def lost_ms(localizer: Localizer, paths: list[Path], repeats: int = 3) -> float:
     return 1000 * statistics.median(times)
 
 
-def app_latency(localizer: Localizer, path: Path, repeats: int = 3) -> float | None:
+def app_latency(localizer: Localizer, path: Path, repeats: int = 3) -> float:
     """Seconds for one upload's work in the app: one forward pass, LOST and Grad-CAM."""
-    try:
-        from discovery.explain import Explainer
-    except ImportError:
-        return None
     explainer = Explainer(localizer)
 
     def once():
-        cam = explainer(path, method="gradcam")
-        localizer.localize(cam.embedding)
+        embedding = localizer.embed(path)
+        explainer.explain(embedding, method="gradcam")
+        localizer.localize(embedding)
 
     once()
     return min(_timed(once) for _ in range(repeats))
@@ -152,7 +151,8 @@ def run_eval(
     root: Path, out: Path, limit: int, args: argparse.Namespace, precision: str = "fp32", tf32: bool = False
 ) -> dict:
     """``eval run``'s code path on the synthetic VOC07, in this process; the summary plus its boxes."""
-    from discovery.eval.runner import RunOptions, run
+    from discovery.eval.run_options import RunOptions
+    from discovery.eval.runner import run
 
     summary = run(RunOptions(
         dataset="voc07", root=root, backbone="random", out=out, limit=limit, batch_size=args.batch_size,
@@ -195,7 +195,8 @@ def peak_rss_mb(root: Path, out: Path, limit: int, args: argparse.Namespace) -> 
     script = (
         "import re\n"
         "from pathlib import Path\n"
-        "from discovery.eval.runner import RunOptions, run\n"
+        "from discovery.eval.run_options import RunOptions\n"
+        "from discovery.eval.runner import run\n"
         f"run(RunOptions(dataset='voc07', root=Path({str(root)!r}), backbone='random', out=Path({str(out)!r}),"
         f" limit={limit}, batch_size={args.batch_size}, workers={args.workers}, device={args.device!r}, progress=False))\n"
         # VmHWM, not ru_maxrss: Linux carries the forking parent's RSS into a child's ru_maxrss
@@ -279,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["rss_mb_50"] = round(small, 1)
         figures["rss_mb_500"] = round(large, 1)
 
-        latency = app_latency(localizer, paths[0])
-        figures["app_latency_s"] = None if latency is None else round(latency, 3)
+        figures["app_latency_s"] = round(app_latency(localizer, paths[0]), 3)
 
         if args.precision != "fp32" and not on_gpu:  # on a GPU: over every image, in gpu_section
             figures["precision_boxes_equal"] = boxes_agree(run_eval(tmp, tmp / "low", n, args, args.precision), ours)
@@ -310,7 +310,7 @@ def report(f: dict) -> None:
          f"{100 * f['lost_share']:.1f}% of per-image time, target <= 5%: {mark(f['lost_share'] <= TARGETS['lost_share'])}"),
         (f"peak RSS at {f['rss_images'][0]} / {f['rss_images'][1]} images", f"{f['rss_mb_50']:.0f} / {f['rss_mb_500']:.0f} MB",
          f"growth {rss_growth:+.0f} MB: {mark(rss_growth <= 0.05 * f['rss_mb_50'])}"),
-        ("app latency (features + LOST + Grad-CAM)", "n/a" if f["app_latency_s"] is None else f"{f['app_latency_s']:.3f} s", ""),
+        ("app latency (features + LOST + Grad-CAM)", f"{f['app_latency_s']:.3f} s", ""),
         ("boxes equal to the baseline", f"{f['boxes_equal']} ({f['images'] - len(f['boxes_mismatched'])}/{f['images']})", ""),
     ]
     if "precision_boxes_equal" in f:

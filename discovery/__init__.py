@@ -6,7 +6,8 @@
 >>> result.box                                    # (x1, y1, x2, y2) pixels  # doctest: +SKIP
 """
 
-from .backbones import Backbone, BackboneInfo, load_backbone
+from .backbone import Backbone, BackboneInfo
+from .backbones import load_backbone
 from .detector import Detections, Detector
 from .images import ImageError
 from .localizer import Embedding, Localization, Localizer

@@ -10,7 +10,8 @@ flips (a per-image generator from ``(seed, epoch, index)``) and the transform's 
 Resumable: ``OUT.state.pt`` every ``checkpoint_every`` iterations (model, optimizer, RNG states;
 read with ``weights_only=True``); ``resume`` continues from it and ends bit-identical to an
 uninterrupted run. Distributed: under ``torchrun`` the global batch is split over the ranks (DDP,
-gloo on CPU, nccl on CUDA) and rank 0 writes the files.
+gloo on CPU, nccl on CUDA) and rank 0 writes the files. The loop is :func:`discovery.training.run`,
+the one PUL runs; :class:`CADTrainer` is CAD's part of it.
 
 Images are decoded as the evaluation harness does (``PIL`` ``convert("RGB")``, no EXIF rotation),
 so the pseudo-boxes (original pixels, x1, y1, x2, y2, right/bottom exclusive) fit them.
@@ -19,37 +20,27 @@ so the pseudo-boxes (original pixels, x1, y1, x2, y2, right/bottom exclusive) fi
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .backbones import check_device, load_backbone
+from .backbone import check_device
+from .backbones import load_backbone
 from .detector import FORMAT, DetectorConfig, build_model, model_state
-from .distributed import DistContext, from_env, join, teardown
-from .pul.data import BatchList, derive_seed, generator, rank_batches, steps_per_epoch
-from .trainstate import (
-    parallel,
-    restore,
-    rng_state,
-    save_checkpoint,
-    save_state,
-    state_path,
-)
-from .weights import parse_backbone_name, sha256_file
+from .distributed import DistContext, from_env
+from .provenance import git_revision
+from .training import Control, Outcome, Say, StepLoss, Trainer, check_control, derive_seed, generator, joined, reporter, run
+from .names import parse_backbone_name
 
 STATE_FORMAT = "discovery-cad-state/1"
 VOC = ("voc07", "voc12")
-RESULT_FIELDS = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "warmup", "lr_steps", "clip_grad", "seed", "flip")
+RESULT_FIELDS = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps", "lr_steps", "grad_clip", "seed", "flip")
 
 
 class CADError(ValueError):
@@ -69,8 +60,9 @@ class CADConfig:
         root: the dataset folder when it moved since the run (default: the run's ``config.json``).
         detector: the architecture (:class:`~discovery.detector.DetectorConfig`).
         iterations: optimizer steps; batch_size: global images per step (split over ranks).
-        lr, momentum, weight_decay: SGD; warmup: linear warm-up iterations; lr_steps: x0.1 points.
-        clip_grad: clip the gradients' global L2 norm to this (``None``: no clipping, as the reference).
+        lr, momentum, weight_decay: SGD; warmup_steps: linear warm-up iterations; lr_steps: x0.1 points.
+        grad_clip: clip the gradients' global L2 norm to this (0: no clipping, as the reference;
+            :func:`discovery.training.clip_gradients`, as PUL).
         seed: data order, flips, multi-scale draws, new layers' init.
         flip: random horizontal flips.
         workers, checkpoint_every, stop_after, resume, overwrite, device, weights_dir, progress: as
@@ -88,9 +80,9 @@ class CADConfig:
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup: int = 100
+    warmup_steps: int = 100
     lr_steps: tuple[int, ...] = ()
-    clip_grad: float | None = None
+    grad_clip: float = 0.0
     seed: int = 0
     flip: bool = True
     workers: int = 2
@@ -145,41 +137,42 @@ def image_path(dataset: str, root: Path, image_id: str) -> Path:
     return root / "train2014" / name
 
 
-def read_pseudo_boxes(run: Path, root: Path | None = None) -> PseudoBoxes:
-    """The boxes of an ``eval run`` folder (images without a box are left out)."""
-    run = Path(run)
-    config_file, predictions = run / "config.json", run / "predictions.jsonl"
-    for needed in (config_file, predictions):
-        if not needed.is_file():
-            raise CADError(f"{run} is not an `eval run` folder (no {needed.name})")
-    try:
-        config = json.loads(config_file.read_text())
-        dataset, stored_root = config["dataset"], Path(config["root"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CADError(f"{config_file}: not a run config ({err})") from None
-    root = Path(root).expanduser() if root is not None else stored_root
+class RunRecords(Protocol):
+    """What LOST+CAD reads of an ``eval run`` folder (the harness's ``RunFolder.read()`` gives it):
+    its config, the resolved dataset folder, the prediction records by image id, the files' hashes."""
+
+    config: dict[str, Any]
+    records: dict[str, dict]
+    config_sha256: str
+    predictions_sha256: str
+
+    @property
+    def dataset(self) -> str: ...
+
+    @property
+    def root(self) -> Path: ...
+
+
+def pseudo_boxes(run: RunRecords, root: Path | None = None) -> PseudoBoxes:
+    """The training set of a run's predictions (images without a box are left out); ``root``: the
+    dataset folder, if it moved since the run."""
+    root = Path(root).expanduser() if root is not None else run.root
     paths, boxes = [], []
-    for number, line in enumerate(predictions.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            image_id, box = str(record["image_id"]), record.get("box")
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn line, as the harness's reader drops it
+    for image_id, record in run.records.items():
+        box = record.get("box")
         if box is None:
             continue
         x1, y1, x2, y2 = (float(v) for v in box)
         if x2 - x1 < 1 or y2 - y1 < 1:
             continue
-        paths.append(image_path(dataset, root, image_id))
+        paths.append(image_path(run.dataset, root, image_id))
         boxes.append((x1, y1, x2, y2))
     if not paths:
-        raise CADError(f"{predictions} holds no boxes to train on")
+        raise CADError("the run's predictions hold no boxes to train on")
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise CADError(f"{len(missing)} image(s) of the run are missing (first: {missing[0]}); pass --root if the dataset moved")
-    return PseudoBoxes(tuple(paths), tuple(boxes), config, sha256_file(config_file), sha256_file(predictions))
+    return PseudoBoxes(tuple(paths), tuple(boxes), run.config, run.config_sha256, run.predictions_sha256)
 
 
 class PseudoBoxImages(Dataset):
@@ -211,12 +204,12 @@ def _as_list(batch):
     return batch
 
 
-def lr_factor(step: int, warmup: int, lr_steps: tuple[int, ...]) -> float:
+def lr_factor(step: int, warmup_steps: int, lr_steps: tuple[int, ...]) -> float:
     """Detectron2's WarmupMultiStepLR: ``0.1 ** (steps passed)`` times a linear ramp from 0.001 to 1
-    over the first ``warmup`` iterations."""
+    over the first ``warmup_steps`` iterations."""
     factor = 0.1 ** sum(step >= s for s in lr_steps)
-    if step < warmup:
-        alpha = step / warmup
+    if step < warmup_steps:
+        alpha = step / warmup_steps
         factor *= 0.001 * (1 - alpha) + alpha
     return factor
 
@@ -224,29 +217,16 @@ def lr_factor(step: int, warmup: int, lr_steps: tuple[int, ...]) -> float:
 def validate(config: CADConfig, dist: DistContext) -> None:
     """Refuse bad numbers and file conflicts before anything expensive (one line each)."""
     checks = [
+        (bool(config.base), "--backbone is required: the trunk's initialisation (e.g. imagenet)"),
         (config.iterations >= 1, f"--iterations must be at least 1 (got {config.iterations})"),
-        (config.batch_size >= 1, f"--batch-size must be at least 1 (got {config.batch_size})"),
         (config.lr > 0, f"--lr must be positive (got {config.lr})"),
-        (config.warmup >= 0, f"--warmup must be >= 0 (got {config.warmup})"),
-        (config.clip_grad is None or config.clip_grad > 0, f"--clip-grad must be positive (got {config.clip_grad})"),
-        (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})"),
+        (config.warmup_steps >= 0, f"--warmup-steps must be >= 0 (got {config.warmup_steps})"),
         (config.base_stride >= 1, f"--base-stride must be at least 1 (got {config.base_stride})"),
-        (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {config.checkpoint_every})"),
-        (config.stop_after is None or config.stop_after >= 1, f"--stop-after must be at least 1 (got {config.stop_after})"),
-        (config.batch_size % dist.world_size == 0,
-         f"--batch-size {config.batch_size} (the global batch) must be a multiple of the {dist.world_size} processes"),
-        (Path(config.out).suffix == ".safetensors", f"--out must end in .safetensors (got {config.out})"),
     ]
     for ok, message in checks:
         if not ok:
             raise CADError(message)
-    out, state = Path(config.out), state_path(Path(config.out))
-    if out.exists() and not config.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    if config.resume and not state.is_file():
-        raise FileNotFoundError(f"nothing to resume: {state} does not exist")
-    if state.exists() and not config.resume and not config.overwrite:
-        raise FileExistsError(f"{state} is left from an interrupted run; pass --resume to continue it or --overwrite to start over")
+    check_control(Control.of(config), dist, CADError)
 
 
 def metadata(config: CADConfig, base, data: PseudoBoxes, steps: int, dist: DistContext) -> dict[str, Any]:
@@ -259,6 +239,7 @@ def metadata(config: CADConfig, base, data: PseudoBoxes, steps: int, dist: DistC
         "kind": "cad",
         "library_version": __version__,
         "torch_version": torch.__version__,
+        "git_revision": git_revision(),
         "detector": config.detector.to_json(),
         "base": {"name": config.base, "sha256": base.info.sha256, "mean": list(base.mean), "std": list(base.std),
                  "stride": base.stride},
@@ -276,113 +257,60 @@ def metadata(config: CADConfig, base, data: PseudoBoxes, steps: int, dist: DistC
     }
 
 
-def train(config: CADConfig, log: Callable[[str], None] | None = None) -> CADResult:
-    """Train (or resume) as configured; returns a :class:`CADResult`. Under torchrun every rank
-    calls this. Raises :class:`CADError`, ``FileExistsError``, ``FileNotFoundError`` or
+def train(config: CADConfig, data: PseudoBoxes, log: Say | None = None) -> CADResult:
+    """Train (or resume) on ``data`` (:func:`pseudo_boxes` of ``config.run``) as configured; returns
+    a :class:`CADResult`. Under torchrun every rank calls this. Raises :class:`CADError`, ``FileExistsError``, ``FileNotFoundError`` or
     ``WeightsError`` (one line) for user mistakes."""
     dist = from_env(config.device)
-    say = (log or (lambda msg: print(msg, file=sys.stderr))) if dist.is_main else (lambda msg: None)
+    say = reporter(log, dist)
     config = dataclasses.replace(config, out=Path(config.out).expanduser())
     validate(config, dist)
     device = check_device(dist.device)
-    data = read_pseudo_boxes(config.run, config.root)
     external = parse_backbone_name(config.base).is_external
     base = load_backbone(config.base, device="cpu", stride=config.base_stride if external else 32, weights_dir=config.weights_dir)
     # a ResNet50 gets the reference's C4 layout; any other CNN has no layer4 to split off
     config = dataclasses.replace(config, detector=dataclasses.replace(config.detector, layout="c4" if base.is_resnet50 else "single"))
     if base.info.is_random:
         say("note: base 'random' is a pipeline check, not a model")
-    started = join(dist)
-    try:
-        return _train(config, dist, device, data, base, say)
-    finally:
-        if started:
-            teardown(dist)
+    with joined(dist):
+        done = run(CADTrainer(config, dist, device, data, base), Control.of(config), dist, device, say)
+    return CADResult(done.out, done.state, done.steps, done.total_steps, done.metadata)
 
 
-def _train(config: CADConfig, dist: DistContext, device: torch.device, data: PseudoBoxes, base, say) -> CADResult:
-    out, state_file = config.out, state_path(config.out)
-    expected = {
-        **config.result_config(), "detector": config.detector.to_json(), "base_sha256": base.info.sha256,
-        "predictions_sha256": data.predictions_sha256, "world_size": dist.world_size,
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(config.seed, "init"))
-        model = build_model(base.trunk, base.mean, base.std, config.detector)
-    if config.detector.norm == "sync" and dist.active and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    torch.manual_seed(derive_seed(config.seed, "train"))  # the transform's multi-scale draws
-    step = restore(state_file, expected, STATE_FORMAT, "CAD", "model", model, optimizer, config.resume, config.overwrite, dist)
-    if config.resume:
-        say(f"resuming {state_file} at iteration {step} of {config.iterations}")
-    net = parallel(model, device, dist)
+class CADTrainer(Trainer):
+    """CAD's part of the loop: the detector around the base's trunk, SGD on its losses."""
 
-    dataset = PseudoBoxImages(data, config.seed, config.flip)
-    usable = list(range(len(dataset)))
-    spe = steps_per_epoch(len(usable), config.batch_size, dist.world_size)
+    name, label, unit, state_format, error = "CAD", "cad train", "iteration", STATE_FORMAT, CADError
+    collate = staticmethod(_as_list)
 
-    def write_state(at: int) -> None:
-        if dist.is_main:
-            save_state(state_file, {
-                "format": STATE_FORMAT, "config": expected, "step": at, "model": model_state(model),
-                "optimizer": optimizer.state_dict(), "rng": rng_state(),
-            })
-        dist.barrier()
+    def __init__(self, config: CADConfig, dist: DistContext, device: torch.device, data: PseudoBoxes, base):
+        self.config, self.dist, self.device, self.data, self.base = config, dist, device, data, base
+        self.expected = {
+            **config.result_config(), "detector": config.detector.to_json(), "base_sha256": base.info.sha256,
+            "predictions_sha256": data.predictions_sha256, "world_size": dist.world_size,
+        }
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config.seed, "init"))
+            model = build_model(base.trunk, base.mean, base.std, config.detector, channels=base.channels)
+        if config.detector.norm == "sync" and dist.active and device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device).train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD([{"params": params, "base_lr": config.lr}], lr=config.lr,
+                                         momentum=config.momentum, weight_decay=config.weight_decay)
+        torch.manual_seed(derive_seed(config.seed, "train"))  # the transform's multi-scale draws
+        self.dataset = PseudoBoxImages(data, config.seed, config.flip)
+        self.usable = list(range(len(self.dataset)))
+        self.total_steps = config.iterations
 
-    from tqdm import tqdm
+    def lr_factor(self, step: int) -> float:
+        return lr_factor(step, self.config.warmup_steps, self.config.lr_steps)
 
-    bar = tqdm(total=config.iterations, initial=step, unit="it", disable=not (dist.is_main and config.progress), dynamic_ncols=True)
-    seen, clock, stopped = 0, time.perf_counter(), False
-    try:
-        while step < config.iterations and not stopped:
-            epoch, start = divmod(step, spe)
-            batches = rank_batches(usable, config.seed, epoch, config.batch_size, dist.rank, dist.world_size, start)
-            loader = DataLoader(dataset, batch_sampler=BatchList(batches), num_workers=config.workers,
-                                collate_fn=_as_list, pin_memory=device.type == "cuda",
-                                generator=generator(config.seed, "loader", epoch, start))
-            for batch in loader:
-                images = [image.to(device, non_blocking=True) for image, _ in batch]
-                targets = [{k: v.to(device) for k, v in target.items()} for _, target in batch]
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr * lr_factor(step, config.warmup, config.lr_steps)
-                losses = net(images, targets)
-                loss = sum(losses.values())
-                bad = dist.all_reduce_sum(torch.isfinite(loss.detach()).logical_not().double().reshape(1))
-                if bad.item():
-                    parts = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
-                    raise CADError(f"the loss became non-finite at iteration {step} ({parts}); lower --lr "
-                                   f"(the last saved state is {state_file})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_grad is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-                optimizer.step()
-                step += 1
-                seen += len(images) * dist.world_size
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - clock):.2f}")
-                stop = config.stop_after is not None and step >= config.stop_after
-                if stop or step % config.checkpoint_every == 0:
-                    write_state(step)
-                if stop or step >= config.iterations:
-                    stopped = stop and step < config.iterations
-                    break
-    finally:
-        bar.close()
+    def loss(self, net: nn.Module, batch: Any) -> StepLoss:
+        images = [image.to(self.device, non_blocking=True) for image, _ in batch]
+        targets = [{k: v.to(self.device) for k, v in target.items()} for _, target in batch]
+        terms = net(images, targets)
+        return StepLoss(sum(terms.values()), terms, len(images))
 
-    if stopped:
-        say(f"stopped after iteration {step} of {config.iterations}; continue with --resume (state: {state_file})")
-        return CADResult(None, state_file, step, config.iterations)
-    elapsed = time.perf_counter() - clock
-    say(f"trained {step} iterations, {seen / elapsed:.2f} images/s over {elapsed:.1f} s this session")
-    meta = metadata(config, base, data, step, dist)
-    if dist.is_main:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out, model_state(model), meta)
-        state_file.unlink(missing_ok=True)
-    dist.barrier()
-    return CADResult(out, state_file, step, config.iterations, meta)
-
+    def output(self, done: Outcome) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return model_state(self.model), metadata(self.config, self.base, self.data, done.steps, self.dist)

@@ -32,11 +32,14 @@ import torch
 from torch import nn
 
 from . import weights as W
-from .backbones import check_device
+from .architecture import RESNET50
+from .backbone import check_device, eval_mode
+from .backbones import load_backbone
+from .geometry import ImageGeometry
 from .images import ImageInput, decode
+from .resnet import network, trunk_of
 
 FORMAT = "discovery-cad/1"
-TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 NORMS = ("frozen", "sync")
 LAYOUTS = ("c4", "single")
 
@@ -125,7 +128,7 @@ def _frozen(module: nn.Module) -> nn.Module:
 class C4Trunk(nn.Sequential):
     """conv1 .. layer3 of a ResNet50: ``(B, 3, H, W)`` → ``(B, 1024, H/16, W/16)``."""
 
-    out_channels = 1024
+    out_channels = RESNET50.stage("layer3").channels
 
 
 class MapTrunk(nn.Module):
@@ -153,14 +156,17 @@ def _predictor(width: int) -> nn.Module:
     return predictor
 
 
-def build_model(trunk: nn.Module, mean: Sequence[float], std: Sequence[float], config: DetectorConfig) -> nn.Module:
+def build_model(
+    trunk: nn.Module, mean: Sequence[float], std: Sequence[float], config: DetectorConfig, channels: int | None = None,
+) -> nn.Module:
     """A torchvision ``FasterRCNN`` (2 classes: background, object) around ``trunk`` (it is consumed).
 
     Layout ``c4``: a ResNet50 trunk (``nn.Sequential`` of conv1, bn1, relu, maxpool, layer1..layer4,
     not dilated); frozen stages (``config.freeze_at``) get ``requires_grad=False`` and frozen
     BatchNorm; with ``norm="frozen"`` every BatchNorm is frozen. Layout ``single``: any CNN trunk
-    ``(B, 3, H, W)`` → ``(B, C, h, w)``, trained when ``freeze_at`` is 0, its BatchNorm frozen
-    unless ``norm="sync"``.
+    ``(B, 3, H, W)`` → ``(B, C, h, w)`` with ``channels`` = C (the base's declared
+    :attr:`~discovery.backbone.Backbone.channels`), trained when ``freeze_at`` is 0, its BatchNorm
+    frozen unless ``norm="sync"``.
     """
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -171,14 +177,14 @@ def build_model(trunk: nn.Module, mean: Sequence[float], std: Sequence[float], c
         if config.norm == "frozen" or config.freeze_at > 0:
             _frozen(trunk)
         trunk.requires_grad_(config.freeze_at == 0)
-        with torch.no_grad():
-            channels = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
+        if channels is None:
+            raise ValueError("a single-map detector needs the base's channel count")
         body: nn.Module = MapTrunk(trunk, channels)
         head: nn.Module = TwoMLPHead(channels * config.roi_size**2, config.head_width)
         predictor = _predictor(config.head_width)
     else:
         body, head = _c4_parts(trunk, config)
-        predictor = _predictor(2048)
+        predictor = _predictor(RESNET50.channels)
     anchors = AnchorGenerator(sizes=(tuple(config.anchor_sizes),), aspect_ratios=(tuple(config.aspect_ratios),))
     return FasterRCNN(
         body,
@@ -198,19 +204,19 @@ def build_model(trunk: nn.Module, mean: Sequence[float], std: Sequence[float], c
 
 def _c4_parts(trunk: nn.Sequential, config: DetectorConfig) -> tuple[nn.Module, nn.Module]:
     """conv1..layer3 (the RPN's map) and layer4 + average pool (the RoI head) of a ResNet50 trunk."""
-    if len(trunk) != len(TRUNK_NAMES):
-        raise ValueError(f"expected a ResNet50 trunk of {len(TRUNK_NAMES)} parts, got {len(trunk)}")
+    if len(trunk) != len(RESNET50.parts):
+        raise ValueError(f"expected a ResNet50 trunk of {len(RESNET50.parts)} parts, got {len(trunk)}")
     parts = list(trunk.children())
-    # stage s of freeze_at: 1 = stem (conv1, bn1), 2..5 = layer1..layer4
-    stage_of = [1, 1, 1, 1, 2, 3, 4, 5]
-    for part, stage in zip(parts, stage_of):
+    # freeze_at counts stages: 1 = the stem, 2..5 = layer1..layer4
+    for part, stage in zip(parts, map(RESNET50.stage_number, RESNET50.parts)):
         if stage <= config.freeze_at or config.norm == "frozen":
             _frozen(part)
         if stage <= config.freeze_at:
             part.requires_grad_(False)
         else:
             part.requires_grad_(True)
-    return C4Trunk(*parts[:7]), nn.Sequential(parts[7], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    split = RESNET50.index("layer4")
+    return C4Trunk(*parts[:split]), nn.Sequential(*parts[split:], nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def set_test_size(model: nn.Module, config: DetectorConfig) -> None:
@@ -218,20 +224,16 @@ def set_test_size(model: nn.Module, config: DetectorConfig) -> None:
     model.transform.min_size = (config.min_size_test,)
 
 
-def bare_trunk(config: DetectorConfig | None = None, base: str | None = None, stride: int = 32) -> nn.Module:
-    """The trunk a checkpoint's weights are loaded into: an uninitialised ResNet50 for layout
-    ``c4``; for ``single``, the base backbone ``base`` (a ``timm:`` / ``module:`` name) built again
-    at ``stride``, whose weights the checkpoint then replaces."""
+def bare_trunk(config: DetectorConfig | None = None, base: str | None = None, stride: int = 32) -> tuple[nn.Module, int]:
+    """The trunk a checkpoint's weights are loaded into, and its channels: an uninitialised ResNet50
+    for layout ``c4``; for ``single``, the base backbone ``base`` (a ``timm:`` / ``module:`` name)
+    built again at ``stride``, whose weights the checkpoint then replaces."""
     if config is not None and config.layout == "single":
-        from .backbones import load_backbone
-
         if not base:
             raise W.WeightsError("the detector's metadata names no base backbone to build its trunk from")
-        return load_backbone(base, device="cpu", stride=stride, download=False).trunk
-    from torchvision.models import resnet50
-
-    net = resnet50(weights=None)
-    return nn.Sequential(*(getattr(net, name) for name in TRUNK_NAMES))
+        rebuilt = load_backbone(base, device="cpu", stride=stride, download=False)
+        return rebuilt.trunk, rebuilt.channels
+    return trunk_of(network(32)), RESNET50.channels
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -290,7 +292,8 @@ class Detector:
             base, stride = meta["base"].get("name"), int(meta["base"].get("stride", 32))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise W.WeightsError(f"{path}: malformed detector metadata ({err})") from None
-        model = build_model(bare_trunk(self.config, base, stride), mean, std, self.config)
+        trunk, channels = bare_trunk(self.config, base, stride)
+        model = build_model(trunk, mean, std, self.config, channels)
         try:
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as err:
@@ -314,15 +317,14 @@ class Detector:
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         tensors = [torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1).float().div_(255) for rgb in images]
-        outputs = self.model(tensors)
+        with eval_mode(self.model):  # torchvision's detectors take targets and return losses in training mode
+            outputs = self.model(tensors)
         results = []
         for i, (rgb, out) in enumerate(zip(images, outputs)):
-            height, width = rgb.shape[:2]
-            size = tuple(original_sizes[i]) if original_sizes is not None else (height, width)
-            scale = torch.tensor([size[1] / width, size[0] / height] * 2)
-            boxes = out["boxes"].float().cpu() * scale
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size[1])
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size[0])
+            original = None if original_sizes is None else original_sizes[i]
+            geometry = ImageGeometry.at_stride(rgb.shape[:2], original_size=original)
+            size = geometry.original_size
+            boxes = geometry.boxes_to_original(out["boxes"].float().cpu())
             scores = out["scores"].float().cpu()
             order = torch.argsort(scores, descending=True, stable=True)[:top_k]
             results.append(Detections(

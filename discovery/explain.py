@@ -1,9 +1,11 @@
 """Saliency maps on the backbone's feature map (layer4 for the ResNet50s): Grad-CAM and EigenCAM, and CAM → box (the sanity check is :mod:`discovery.sanity`).
 
-``Explainer(localizer)`` reuses a :class:`~discovery.localizer.Localizer`'s backbone and input
-preparation: the trunk runs once (the same forward pass LOST uses, returned as ``CamResult.embedding``)
-and Grad-CAM's gradient only flows through the head (global average pool + target), so frozen
-backbones work, no hooks are registered and nothing stays attached to the model after a call.
+``Explainer(localizer)`` reuses a :class:`~discovery.localizer.Localizer`'s backbone. Its query,
+:meth:`Explainer.explain`, takes an :class:`~discovery.localizer.Embedding` (the forward pass,
+``localizer.embed``, made once by the caller and shared with ``localizer.localize``); method, target
+and threshold are arguments of each query. Grad-CAM's gradient only flows through the head (global
+average pool + target) from the stored features, so frozen backbones work, no hooks are registered
+and nothing stays attached to the model after a call; the head runs in eval mode.
 
 Maps ignore the zero padding the backbone input carries: the feature map is cropped to the cells
 whose receptive-field origin lies inside the image before any pooling, gradient or SVD.
@@ -26,8 +28,9 @@ import cv2
 import numpy as np
 import torch
 
-from .backbones import Backbone
+from .backbone import Backbone, eval_mode
 from .classes import class_name, resolve_class
+from .geometry import ImageGeometry
 from .images import ImageInput, PreparedImage
 from .localizer import Embedding, Localizer
 
@@ -44,13 +47,12 @@ EIGEN_TARGET = "first principal component of layer4 activations (class-agnostic)
 Target = int | str | None
 
 
-def upsample(raw: np.ndarray, image_size: tuple[int, int], cell: tuple[float, float]) -> np.ndarray:
-    """Bilinear ``(h, w)`` map → ``(H, W)``: resize to the cells' pixel extent, crop the padding."""
-    h, w = raw.shape
-    height = max(image_size[0], round(h * cell[0]))
-    width = max(image_size[1], round(w * cell[1]))
+def upsample(raw: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+    """Bilinear ``(h, w)`` map over the padded input → ``(H, W)`` at ``geometry.size``: resize to the
+    cells' pixel extent (:meth:`~discovery.geometry.ImageGeometry.map_extent`), crop the padding."""
+    height, width = geometry.map_extent(raw.shape)
     up = cv2.resize(raw.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return up[: image_size[0], : image_size[1]]
+    return up[: geometry.size[0], : geometry.size[1]]
 
 
 def normalize(cam: np.ndarray) -> np.ndarray:
@@ -60,22 +62,17 @@ def normalize(cam: np.ndarray) -> np.ndarray:
     return (cam - low) / span if span > 0 else np.zeros_like(cam)
 
 
-def cam_to_box(
-    cam: np.ndarray,
-    threshold: float = DEFAULT_THRESHOLD,
-    scale: tuple[float, float] = (1.0, 1.0),
-) -> tuple[float, float, float, float]:
+def cam_to_box(cam: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> tuple[float, float, float, float]:
     """Box around the largest 8-connected region of ``cam >= threshold * cam.max()``.
 
     Args:
         cam: ``(H, W)`` float map (any range; only its maximum matters).
         threshold: fraction of the maximum, in ``[0, 1]`` (default :data:`DEFAULT_THRESHOLD`).
-        scale: ``(sy, sx)`` multiplied into the box, e.g. ``PreparedImage.scale`` to get original pixels.
 
     Returns:
-        ``(x1, y1, x2, y2)`` float pixels, right/bottom exclusive. A map with no positive value
-        (no evidence anywhere) gives the whole image. Ties between equally large regions go to
-        the one met first in row-major order.
+        ``(x1, y1, x2, y2)`` float pixels of ``cam``, right/bottom exclusive (``geometry.box_to_original``
+        maps them to the original image). A map with no positive value (no evidence anywhere) gives
+        the whole map. Ties between equally large regions go to the one met first in row-major order.
     """
     cam = np.asarray(cam)
     if cam.ndim != 2 or cam.size == 0:
@@ -85,15 +82,14 @@ def cam_to_box(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     height, width = cam.shape
-    sy, sx = scale
     peak = float(cam.max())
     if peak <= 0:
-        return (0.0, 0.0, width * sx, height * sy)
+        return (0.0, 0.0, float(width), float(height))
     region = (cam >= threshold * peak).astype(np.uint8)
     _, _, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
     best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))  # label 0 is the background
     x, y, w, h = (int(v) for v in stats[best, :4])
-    return (x * sx, y * sy, (x + w) * sx, (y + h) * sy)
+    return (float(x), float(y), float(x + w), float(y + h))
 
 
 @dataclass(frozen=True)
@@ -110,8 +106,9 @@ class CamResult:
         probability: softmax probability of ``target`` (classifier backbones, Grad-CAM), else ``None``.
         box: ``(x1, y1, x2, y2)`` float pixels of the ORIGINAL image, right/bottom exclusive
             (:func:`cam_to_box` at ``threshold``).
-        embedding: the forward pass the map came from (features detached, float32, full padded
-            grid): ``localizer.localize(result.embedding)`` gives LOST with no second forward.
+        embedding: the embedding explained (features detached, float32, full padded grid): with the
+            image-input convenience path, ``localizer.localize(result.embedding)`` gives LOST with no
+            second forward.
         method: ``"gradcam"`` or ``"eigencam"``.
         threshold: the CAM → box threshold used.
     """
@@ -158,21 +155,22 @@ class Explainer:
     """Grad-CAM / EigenCAM on a :class:`~discovery.localizer.Localizer`'s backbone.
 
     Args:
-        localizer: supplies the backbone (frozen is fine), ``prepare`` (and its ``max_side``) and
-            the forward pass.
-        threshold: CAM → box threshold, a fraction of the map's maximum.
+        localizer: supplies the backbone (frozen is fine) and, for the image-input convenience
+            calls, ``prepare`` (and its ``max_side``) and the forward pass.
+        threshold: the default CAM → box threshold of queries that give none, a fraction of the
+            map's maximum.
 
-    ``explainer(image, method="gradcam", target=None) -> CamResult``; ``image`` is anything
-    ``Localizer.prepare`` takes, or a :class:`PreparedImage`.
+    ``explainer.explain(embedding, method="gradcam", target=None, threshold=None)`` explains
+    ``localizer.embed(image)`` (or a list of embeddings) with no forward pass;
+    ``explainer(image, ...)`` embeds and explains one image (anything ``Localizer.prepare`` takes,
+    or a :class:`PreparedImage`).
     """
 
     def __init__(self, localizer: Localizer, threshold: float = DEFAULT_THRESHOLD):
         if not isinstance(localizer, Localizer):
             raise TypeError(f"Explainer needs a Localizer, got {type(localizer).__name__}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.localizer = localizer
-        self.threshold = threshold
+        self.threshold = _checked_threshold(threshold)
 
     @property
     def backbone(self) -> Backbone:
@@ -198,37 +196,55 @@ class Explainer:
             raise ValueError(f"backbone {self.backbone.name!r} has no classifier: no class target (its target is the {EMBEDDING_TARGET})")
         return resolve_class(target, self.num_classes)
 
-    def __call__(self, image: ImageInput | PreparedImage, method: str = "gradcam", target: Target = None) -> CamResult:
-        """Explain one image; see :class:`CamResult`."""
-        self.check(method, target)
-        prepared = image if isinstance(image, PreparedImage) else self.localizer.prepare(image)
-        return self.explain_batch([prepared], method=method, target=target)[0]
+    def explain(
+        self,
+        embedding: Embedding | Sequence[Embedding],
+        method: str = "gradcam",
+        target: Target = None,
+        threshold: float | None = None,
+    ) -> CamResult | list[CamResult]:
+        """The cheap step: maps from forward passes already made (``Localizer.embed`` /
+        ``embed_batch`` / ``embed_arrays``), one embedding or a list; no trunk pass.
 
-    def explain_batch(
-        self, images: Sequence[PreparedImage], method: str = "gradcam", target: Target = None
-    ) -> list[CamResult]:
-        """One forward pass over prepared images of the same padded size, one map each.
-
-        ``target`` applies to every image (``None``: each image's own top-1 / embedding target).
-        Results equal the single-image calls.
+        ``target`` applies to every embedding (``None``: each one's own top-1 / embedding target);
+        ``threshold``: the CAM → box threshold (``None``: the explainer's default).
         """
-        if not images:
-            self.check(method, target)
-            return []
-        return self.explain_embeddings(self.localizer.embed_batch(list(images)), method=method, target=target)
+        index = self.check(method, target)
+        threshold = self.threshold if threshold is None else _checked_threshold(threshold)
+        single = isinstance(embedding, Embedding)
+        out = [self._explain(e, method, index, threshold) for e in ([embedding] if single else embedding)]
+        return out[0] if single else out
 
     def explain_embeddings(
-        self, embeddings: Sequence[Embedding], method: str = "gradcam", target: Target = None
+        self, embeddings: Sequence[Embedding], method: str = "gradcam", target: Target = None,
+        threshold: float | None = None,
     ) -> list[CamResult]:
-        """Maps from forward passes already made (``Localizer.embed`` / ``embed_batch``): no new pass."""
-        index = self.check(method, target)
-        return [self._explain(e, method, index) for e in embeddings]
+        """:meth:`explain` of a list (the name callers used before :meth:`explain` took embeddings)."""
+        return self.explain(list(embeddings), method=method, target=target, threshold=threshold)
 
-    def _explain(self, emb: Embedding, method: str, index: int | None) -> CamResult:
-        image = emb.image
-        grid = tuple(emb.features.shape[-2:])
-        padded = tuple(image.tensor.shape[-2:])
-        cell = (padded[0] / grid[0], padded[1] / grid[1])
+    def __call__(
+        self, image: ImageInput | PreparedImage, method: str = "gradcam", target: Target = None,
+        threshold: float | None = None,
+    ) -> CamResult:
+        """Embed and explain one image; see :class:`CamResult`."""
+        self.check(method, target)
+        prepared = image if isinstance(image, PreparedImage) else self.localizer.prepare(image)
+        return self.explain(self.localizer.embed(prepared), method=method, target=target, threshold=threshold)
+
+    def explain_batch(
+        self, images: Sequence[PreparedImage], method: str = "gradcam", target: Target = None,
+        threshold: float | None = None,
+    ) -> list[CamResult]:
+        """One forward pass over prepared images of the same padded size, one map each (equal to the
+        single-image calls)."""
+        self.check(method, target)
+        if not images:
+            return []
+        embeddings = self.localizer.embed_batch(list(images))
+        return self.explain(embeddings, method=method, target=target, threshold=threshold)
+
+    def _explain(self, emb: Embedding, method: str, index: int | None, threshold: float) -> CamResult:
+        geometry = emb.image.geometry
         # Autograd must work even when the caller runs us under inference_mode / no_grad.
         with torch.inference_mode(False), torch.enable_grad():
             acts = emb.features.clone()
@@ -237,21 +253,29 @@ class Explainer:
             else:
                 projection = eigen_projection(acts.cpu().numpy())
                 raw, name, prob = np.maximum(projection, 0), EIGEN_TARGET, None
-        cam = normalize(upsample(raw, image.size, cell))
-        box = cam_to_box(cam, self.threshold, image.scale)
-        return CamResult(cam, raw.astype(np.float32), index, name, prob, box, emb, method, self.threshold)
+        cam = normalize(upsample(raw, geometry))
+        box = geometry.box_to_original(cam_to_box(cam, threshold))
+        return CamResult(cam, raw.astype(np.float32), index, name, prob, box, emb, method, threshold)
 
     def _gradcam(self, acts: torch.Tensor, index: int | None) -> tuple[np.ndarray, int | None, str, float | None]:
         """Grad-CAM on ``(C, h, w)`` activations of this backbone's target (see :func:`gradcam_map`)."""
-        if self.backbone.fc is None:
+        head = self.backbone.fc
+        if head is None:
             return gradcam_map(acts, lambda a: a.mean(dim=(1, 2)).norm()), index, EMBEDDING_TARGET, None
-        with torch.no_grad():
-            logits = self.backbone.classify(acts[None])[0].float()
-        if index is None:
-            index = int(logits.argmax())
-        prob = float(torch.softmax(logits, dim=0)[index])
-        raw = gradcam_map(acts, lambda a: self.backbone.classify(a[None])[0].float()[index])
+        with eval_mode(head):
+            with torch.no_grad():
+                logits = self.backbone.classify(acts[None])[0].float()
+            if index is None:
+                index = int(logits.argmax())
+            prob = float(torch.softmax(logits, dim=0)[index])
+            raw = gradcam_map(acts, lambda a: self.backbone.classify(a[None])[0].float()[index])
         return raw, index, class_name(index, logits.numel()), prob
+
+
+def _checked_threshold(threshold: float) -> float:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return threshold
 
 
 def gradcam_map(acts: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:

@@ -1,9 +1,8 @@
 """Backbones built outside this package: ``timm:NAME[@FILE]`` and ``module:pkg.mod:factory``.
 
-Both end in a :class:`~discovery.backbones.Backbone` (trunk → ``(B, C, h, w)`` map, optional head on
+Both end in a :class:`~discovery.backbone.Backbone` (trunk → ``(B, C, h, w)`` map, optional head on
 average-pooled features, mean/std, stride); docs/backbones.md is the user's guide and states the
-factory contract. :func:`discovery.backbones.load_backbone` is the entry point: it parses the name
-with :func:`discovery.weights.parse_backbone_name` and calls :func:`load_external`.
+factory contract. They are two of the builders of :data:`discovery.backbones.BUILDERS`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from . import weights as W
-from .backbones import Backbone, BackboneInfo
+from .backbone import Backbone, BackboneInfo
 
 
 class TimmTrunk(nn.Module):
@@ -147,21 +146,11 @@ def module_backbone(name: str, target: str, stride: int) -> Backbone:
     return _checked(backbone, name, stride)
 
 
-def load_external(name: str, parsed: W.BackboneName, stride: int) -> Backbone:
-    """The backbone of a parsed ``timm`` / ``module`` name (on the CPU, as built)."""
-    if parsed.kind == "timm":
-        return timm_backbone(name, parsed.value, parsed.path, stride)
-    return module_backbone(name, parsed.value, stride)
-
-
-def load_external_checkpoint(name: str, path: Path, state: dict, meta: dict, stride: int) -> Backbone:
-    """A PUL checkpoint trained from a ``timm`` / ``module`` base: rebuild the base named in its
-    metadata, then load the checkpoint's ``trunk.*`` / ``fc.*`` tensors (all must match)."""
-    base = str(meta.get("base", {}).get("name", ""))
-    parsed = W.parse_backbone_name(base)
-    if not parsed.is_external:
-        raise W.WeightsError(f"{path}: its base {base!r} is not a timm or module backbone")
-    backbone = load_external(base, parsed, stride)
+def external_checkpoint(name: str, path: Path, state: dict, meta: dict, backbone: Backbone) -> Backbone:
+    """A PUL checkpoint trained from a ``timm`` / ``module`` base: ``backbone`` is that base built
+    again (the name in ``meta``); the checkpoint's ``trunk.*`` / ``fc.*`` tensors replace its weights
+    (all must match)."""
+    base = backbone.name
     try:
         result = backbone.load_state_dict(state, strict=False)
     except RuntimeError as err:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .lost import padded_size
+from .geometry import ImageGeometry, padded_size
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
@@ -146,21 +146,29 @@ class PreparedImage:
 
     Attributes:
         tensor: ``(3, Hp, Wp)`` float32, ImageNet-normalised, zero-padded bottom/right (after
-            normalisation) to a multiple of the stride (16 in LOST's setting).
+            normalisation) to a multiple of ``stride``.
         size: ``(H, W)`` of the unpadded image the network sees.
         original_size: ``(H0, W0)`` of the user's image; ``size`` differs only when it was shrunk.
         rgb: ``(H, W, 3)`` uint8, the pixels the network sees (for overlays).
+        stride: the backbone's output stride the padding was made for (16 in LOST's setting).
     """
 
     tensor: torch.Tensor
     size: tuple[int, int]
     original_size: tuple[int, int]
     rgb: np.ndarray
+    stride: int = 16
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        """Original ↔ network pixels ↔ padded input ↔ feature grid of this image."""
+        padded = (int(self.tensor.shape[-2]), int(self.tensor.shape[-1]))
+        return ImageGeometry(tuple(self.original_size), tuple(self.size), padded, self.stride)
 
     @property
     def scale(self) -> tuple[float, float]:
         """``(sy, sx)``: multiply network-pixel coordinates by these to get original pixels."""
-        return (self.original_size[0] / self.size[0], self.original_size[1] / self.size[1])
+        return self.geometry.scale
 
 
 def normalize_and_pad(rgb: np.ndarray, mean, std, stride: int) -> torch.Tensor:
@@ -235,4 +243,4 @@ def prepare(source: ImageInput, mean, std, stride: int = 16, max_side: int | Non
     """Decode ``source`` and make the backbone's input; see :class:`PreparedImage`."""
     rgb, original = decode(source, max_side)
     tensor = normalize_and_pad(rgb, mean, std, stride)
-    return PreparedImage(tensor, (rgb.shape[0], rgb.shape[1]), original, rgb)
+    return PreparedImage(tensor, (rgb.shape[0], rgb.shape[1]), original, rgb, stride)

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import Backbone, fold_batchnorm, load_backbone
+from .backbone import Backbone, eval_mode
+from .backbones import load_backbone
+from .resnet import fold_batchnorm
 from .images import ImageInput, PreparedImage, normalize_and_pad_batch, prepare
 from .lost import DEFAULT_K, LostResult, localize_batch
 from .precision import conv_layout, fp32_math
@@ -142,7 +144,9 @@ class Localizer:
         (in the trunk's memory format, :attr:`memory_format`)."""
         x = batch.to(self.backbone.device).contiguous(memory_format=self.memory_format)
         dtype = PRECISIONS[self.precision]
-        with fp32_math(self.tf32), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        autocast = torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None)
+        # eval_mode: a trunk the caller left in training mode must not use (or update) batch statistics
+        with eval_mode(self.trunk), fp32_math(self.tf32), autocast:
             out = self.trunk(x)
         return out.float()
 
@@ -167,7 +171,7 @@ class Localizer:
         batch = normalize_and_pad_batch(images, self.backbone.mean, self.backbone.std, self.stride, self.backbone.device)
         feats = self.features(batch)
         sizes = [(int(a.shape[0]), int(a.shape[1])) for a in images]
-        return [Embedding(PreparedImage(t, s, s, a), f) for t, s, a, f in zip(batch, sizes, images, feats)]
+        return [Embedding(PreparedImage(t, s, s, a, self.stride), f) for t, s, a, f in zip(batch, sizes, images, feats)]
 
     def localize(
         self, embedding: Embedding | Sequence[Embedding], k: int = DEFAULT_K
@@ -180,6 +184,9 @@ class Localizer:
             raise ValueError(f"k must be at least 1, got {k}")
         single = isinstance(embedding, Embedding)
         items = [embedding] if single else list(embedding)
+        for e in items:
+            if e.image.stride != self.stride:
+                raise ValueError(f"an image prepared for stride {e.image.stride} given to a stride-{self.stride} localizer")
         feats = torch.stack([e.features for e in items])
         with fp32_math(self.tf32):
             raw = localize_batch(feats, [e.image.size for e in items], stride=self.stride, k=k)
@@ -190,17 +197,10 @@ class Localizer:
         return self.localize(self.embed(image), k=k)
 
     def _to_original(self, image: PreparedImage, res: LostResult, k: int) -> Localization:
-        sy, sx = image.scale
-        height, width = image.original_size
-        x1, y1, x2, y2 = res.box
-        box = (x1 * sx, y1 * sy, min(x2 * sx, width), min(y2 * sy, height))
-        row, col = res.seed
-        s = self.stride
-        seed_xy = (  # centre of the seed's cell, clipped to the image
-            (col * s + min((col + 1) * s, image.size[1])) / 2 * sx,
-            (row * s + min((row + 1) * s, image.size[0])) / 2 * sy,
-        )
+        geometry = image.geometry
+        box = geometry.clip(geometry.box_to_original(res.box))
         info = self.backbone.info
         return Localization(
-            box, res.seed, seed_xy, res.degree, res.mask, image.original_size, info.name, info.sha256, self.stride, k
+            box, res.seed, geometry.cell_centre(res.seed), res.degree, res.mask, image.original_size,
+            info.name, info.sha256, self.stride, k,
         )

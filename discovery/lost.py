@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from .geometry import ImageGeometry, padded_size  # noqa: F401  (padded_size: still importable from here)
+
 #: LOST's number of expansion candidates (the reference's default).
 DEFAULT_K = 100
 
@@ -49,29 +51,11 @@ def seed_component(positive: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
     return labels == labels[seed]
 
 
-def mask_to_box(mask: np.ndarray, scale: tuple[float, float], image_size: tuple[int, int]) -> tuple[float, float, float, float]:
-    """Feature-grid mask → ``(x1, y1, x2, y2)`` pixels, exclusive edges, clipped to ``image_size`` (H, W)."""
+def mask_to_box(mask: np.ndarray, geometry: ImageGeometry) -> tuple[float, float, float, float]:
+    """Feature-grid mask → ``(x1, y1, x2, y2)`` pixels of ``geometry``'s resized image, exclusive edges, clipped to it."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
-    sy, sx = scale
-    height, width = image_size
-    return (
-        float(cols[0] * sx),
-        float(rows[0] * sy),
-        float(min((cols[-1] + 1) * sx, width)),
-        float(min((rows[-1] + 1) * sy, height)),
-    )
-
-
-def padded_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
-    """Size after zero-padding bottom/right to a multiple of ``stride`` (16 for LOST's setting).
-
-    A multiple of the stride makes the feature map exactly padded size / stride, and every
-    feature cell starts inside the image (padding to 16 at stride 8 would leave whole cells of
-    padding, where a seed would give a box outside the image).
-    """
-    height, width = image_size
-    return (-(-height // stride) * stride, -(-width // stride) * stride)
+    return geometry.cells_to_box((int(rows[0]), int(cols[0])), (int(rows[-1]), int(cols[-1])))
 
 
 @torch.no_grad()
@@ -125,7 +109,7 @@ def localize_batch(
     for i in range(batch):
         seed = divmod(int(seed_list[i]), w)
         mask = seed_component(positive_m[i], seed)
-        box = mask_to_box(mask, (float(stride), float(stride)), tuple(image_sizes[i]))
+        box = mask_to_box(mask, ImageGeometry.at_stride(image_sizes[i], stride))
         results.append(LostResult(box, seed, degree_maps[i], torch.from_numpy(mask)))
     return results
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .backbones import STRIDES
-from .weights import backbone_names
+from .resnet import STRIDES
+from .names import backbone_names
 
 T = TypeVar("T")
 
@@ -24,6 +24,14 @@ WEIGHTS_DIR_HELP = (
     "folder of weights files (default: $DISCOVERY_WEIGHTS_DIR, else weights/ when run from a "
     "checkout, else the torch hub checkpoints folder; `discovery weights path NAME` prints it)"
 )
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose mistakes are one line (``error: discovery locate: argument --k: ...``),
+    like every other user error of the toolkit; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 class _Alias(argparse.Action):
@@ -74,13 +82,14 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_backbone(parser: argparse.ArgumentParser, default: str | None = "imagenet", *, old: str | None = None) -> None:
-    """``--backbone NAME`` (required when ``default`` is None); ``old``: a former spelling."""
+def add_backbone(parser: argparse.ArgumentParser, default: str | None = "imagenet", *, old: str | None = None,
+                 what: str = "") -> None:
+    """``--backbone NAME``; ``default=None``: required (checked by the command's config, since
+    argparse's ``required=`` would refuse the old spelling ``old``); ``what``: what it is for."""
     names = ", ".join(backbone_names())
-    if default is None:
-        parser.add_argument("--backbone", required=True, help=f"one of: {names}")
-    else:
-        parser.add_argument("--backbone", default=default, help=f"one of: {names} (default {default})")
+    lead = f"{what}: " if what else ""
+    shown = "required" if default is None else f"default {default}"
+    parser.add_argument("--backbone", default=default, help=f"{lead}one of: {names} ({shown})")
     if old:
         add_alias(parser, old, "--backbone")
 

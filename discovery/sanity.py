@@ -13,31 +13,44 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import Backbone
+from .architecture import RESNET50, Stage
+from .backbone import Backbone
 from .explain import CamResult, Explainer, Target
 from .images import ImageInput, PreparedImage
 
-SANITY_LAYERS = ("fc", "layer4", "layer3", "layer2", "layer1", "conv1+bn1")
-"""Cascading randomisation order of :func:`sanity_check` on the ResNet50s, top (output) to bottom (input)."""
 
-# Indices into a ResNet50 Backbone.trunk (conv1, bn1, relu, maxpool, layer1..layer4).
-_TRUNK_INDEX = {"conv1+bn1": (0, 1), "layer1": (4,), "layer2": (5,), "layer3": (6,), "layer4": (7,)}
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _stage_name(stage: Stage) -> str:
+    """A stage of several weighted parts (the stem) is named by them: ``conv1+bn1``."""
+    return stage.name if len(stage.parts) == 1 else "+".join(stage.weighted_parts)
+
+
+SANITY_LAYERS = ("fc", *(_stage_name(stage) for stage in reversed(RESNET50.stages)))
+"""Cascading randomisation order of :func:`sanity_check` on the ResNet50s, top (output) to bottom (input)."""
 
 
 def layer_groups(backbone: Backbone) -> list[tuple[str, list[nn.Module]]]:
     """The cascade's steps, top-down: ``(name, modules re-initialised at that step)``.
 
-    The head first (``fc``; none when headless). Then, for the ResNet50s, :data:`SANITY_LAYERS`;
+    The head first (``fc``; none when headless). Then, for a declared architecture (the ResNet50s:
+    :data:`SANITY_LAYERS`), its stages;
     for other trunks, the trunk's top-level children that hold parameters, last first, named by
     their path in the trunk (a wrapper with a single such child is looked through, e.g. a timm
     model's ``net``). The granularity is the trunk's: a trunk that is one big child gives few steps.
     """
     groups: list[tuple[str, list[nn.Module]]] = [("fc", [backbone.fc])] if backbone.fc is not None else []
-    if backbone.is_resnet50:
-        return groups + [(layer, [backbone.trunk[i] for i in _TRUNK_INDEX[layer]]) for layer in SANITY_LAYERS[1:]]
+    if backbone.structure is not None:
+        structure = backbone.structure
+        return groups + [
+            (_stage_name(stage), [backbone.trunk[structure.index(p)] for p in stage.weighted_parts])
+            for stage in reversed(structure.stages)
+        ]
     prefix, module = "", backbone.trunk
     while True:
-        children = [(n, m) for n, m in module.named_children() if any(True for _ in m.parameters())]
+        children = [(n, m) for n, m in module.named_children() if _has_parameters(m)]
         if len(children) != 1:
             break
         prefix, module = f"{prefix}{children[0][0]}.", children[0][1]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, stale_temporaries
 
 
 class TrainingStateError(ValueError):
@@ -22,6 +22,27 @@ class TrainingStateError(ValueError):
 def state_path(out: Path) -> Path:
     """Where the resumable training state of ``out`` lives: ``OUT.state.pt``."""
     return out.with_name(out.name + ".state.pt")
+
+
+def check_files(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace ``out`` without ``overwrite``, to resume without a state file, and to
+    start over a stale state file without ``resume`` or ``overwrite`` (one line each)."""
+    state = state_path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if resume and not state.is_file():
+        raise FileNotFoundError(f"nothing to resume: {state} does not exist")
+    if state.exists() and not resume and not overwrite:
+        raise FileExistsError(f"{state} is left from an interrupted run; pass --resume to continue it or --overwrite to start over")
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete what a killed run left half-written beside ``out``: the temporaries of ``out`` and of
+    its state file whose writer is gone. Returns them."""
+    stale = stale_temporaries(out) + stale_temporaries(state_path(out))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -96,10 +117,3 @@ def restore(
         state_file.unlink(missing_ok=True)
     dist.barrier()
     return step
-
-
-def parallel(model: torch.nn.Module, device: torch.device, dist) -> torch.nn.Module:
-    """``model`` wrapped in DistributedDataParallel under torchrun, else itself."""
-    if not dist.active:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -12,12 +12,21 @@ import cv2
 import numpy as np
 import torch
 
+from .geometry import ImageGeometry
+
 BOX_COLOR = (255, 40, 40)
 SEED_COLOR = (40, 255, 40)
 
 
-def _ratio(rgb: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float]:
-    return rgb.shape[1] / image_size[1], rgb.shape[0] / image_size[0]
+def _drawn(rgb: np.ndarray, image_size: tuple[int, int]) -> ImageGeometry:
+    """The original image (``image_size``) against the picture drawn on (``rgb``)."""
+    return ImageGeometry.at_stride(rgb.shape[:2], original_size=image_size)
+
+
+def _corners(geometry: ImageGeometry, box: tuple[float, float, float, float]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """OpenCV's inclusive rectangle corners of an exclusive original-pixel box on the drawn picture."""
+    x1, y1, x2, y2 = geometry.box_to_resized(box)
+    return (round(x1), round(y1)), (round(x2) - 1, round(y2) - 1)
 
 
 def draw_box(
@@ -29,12 +38,12 @@ def draw_box(
 ) -> np.ndarray:
     """Draw ``box`` (x1, y1, x2, y2 exclusive, original pixels) and an optional seed dot."""
     out = rgb.copy()
-    rx, ry = _ratio(rgb, image_size)
+    geometry = _drawn(rgb, image_size)
     thickness = max(2, round(max(rgb.shape[:2]) / 250))
-    x1, y1, x2, y2 = box
-    cv2.rectangle(out, (round(x1 * rx), round(y1 * ry)), (round(x2 * rx) - 1, round(y2 * ry) - 1), color, thickness)
+    cv2.rectangle(out, *_corners(geometry, box), color, thickness)
     if seed_xy is not None:
-        cv2.circle(out, (round(seed_xy[0] * rx), round(seed_xy[1] * ry)), thickness * 2 + 1, SEED_COLOR, -1)
+        x, y = geometry.point_to_resized(seed_xy)
+        cv2.circle(out, (round(x), round(y)), thickness * 2 + 1, SEED_COLOR, -1)
     return out
 
 
@@ -48,12 +57,12 @@ def draw_detections(
     """Draw several boxes (x1, y1, x2, y2 exclusive, original pixels), each with its score written
     at its top-left corner; the first (best) box is drawn last, so it stays on top."""
     out = rgb.copy()
-    rx, ry = _ratio(rgb, image_size)
+    geometry = _drawn(rgb, image_size)
     thickness = max(1, round(max(rgb.shape[:2]) / 300))
     scale = max(0.35, max(rgb.shape[:2]) / 800)
-    for (x1, y1, x2, y2), score in reversed(list(zip(boxes, scores))):
-        left, top = round(x1 * rx), round(y1 * ry)
-        cv2.rectangle(out, (left, top), (round(x2 * rx) - 1, round(y2 * ry) - 1), color, thickness)
+    for box, score in reversed(list(zip(boxes, scores))):
+        (left, top), corner = _corners(geometry, box)
+        cv2.rectangle(out, (left, top), corner, color, thickness)
         text = f"{score:.2f}"
         (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         y = max(top, height + base)  # keep the label inside the picture
@@ -87,11 +96,11 @@ def mask_overlay(rgb: np.ndarray, mask: torch.Tensor, color: tuple[int, int, int
     return out
 
 
-def on_padded(rgb: np.ndarray, padded_size: tuple[int, int], draw) -> np.ndarray:
+def on_padded(rgb: np.ndarray, geometry: ImageGeometry, draw) -> np.ndarray:
     """Apply a feature-grid overlay ``draw(canvas) -> canvas`` on the zero-padded canvas the
-    network saw (``padded_size`` (Hp, Wp)), then crop back to ``rgb``'s size: grid cells stay aligned."""
-    height, width = rgb.shape[:2]
-    canvas = np.zeros((padded_size[0], padded_size[1], 3), np.uint8)
+    network saw (``geometry.padded_size``), then crop back to ``rgb`` (``geometry.size``): grid cells stay aligned."""
+    height, width = geometry.size
+    canvas = np.zeros((*geometry.padded_size, 3), np.uint8)
     canvas[:height, :width] = rgb
     return np.ascontiguousarray(draw(canvas)[:height, :width])
 
@@ -99,10 +108,11 @@ def on_padded(rgb: np.ndarray, padded_size: tuple[int, int], draw) -> np.ndarray
 def lost_panels(rgb: np.ndarray, padded_size: tuple[int, int], loc) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Box and seed, inverse-degree map, seed mask for a :class:`~discovery.localizer.Localization`
     computed on ``rgb`` (the network's unpadded input) padded to ``padded_size``."""
+    geometry = ImageGeometry(loc.image_size, rgb.shape[:2], tuple(padded_size), loc.stride)
     return (
         draw_box(rgb, loc.box, loc.image_size, loc.seed_xy),
-        on_padded(rgb, padded_size, lambda canvas: degree_map(canvas, loc.degree)),
-        on_padded(rgb, padded_size, lambda canvas: mask_overlay(canvas, loc.mask)),
+        on_padded(rgb, geometry, lambda canvas: degree_map(canvas, loc.degree)),
+        on_padded(rgb, geometry, lambda canvas: mask_overlay(canvas, loc.mask)),
     )
 
 

@@ -1,6 +1,6 @@
 """CorLoc evaluation of single-object discovery on VOC07 / VOC12 trainval and COCO20k.
 
->>> from eval.datasets import open_dataset
+>>> from discovery.eval.datasets import open_dataset
 >>> ds = open_dataset("voc07", "/data/voc")            # doctest: +SKIP
 >>> [it.path for it in ds.items][:1]                    # doctest: +SKIP
 

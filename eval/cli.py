@@ -1,7 +1,8 @@
 """CorLoc evaluation on VOC07 / VOC12 trainval and COCO20k: run, score, synthetic data, fetching the data, reproduce.
 
 A thin argparse layer over :mod:`eval.runner`, :mod:`eval.scoring`, :mod:`eval.synth`,
-:mod:`eval.fetch` and :mod:`eval.reproduce`. User mistakes end in ``error: ...`` on stderr and exit status 2.
+:mod:`eval.fetch` and :mod:`eval.reproduce`; options shared with other commands come from
+:mod:`discovery.options`. User mistakes end in ``error: ...`` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,61 +12,68 @@ import os
 import sys
 from pathlib import Path
 
-from discovery.cli import USER_ERRORS, add_backbone_args
+from discovery import options
 
 from .datasets import DATASETS, DatasetError, open_dataset
+from .errors import run_parsed
 from .fetch import MIRROR_ENV, fetch_coco20k_list, fetch_dataset
 from .methods import METHODS
-from .predictions import PredictionsError, dumps
+from .predictions import dumps
 from .reproduce import add_arguments as add_reproduce_arguments
 from .reproduce import run_args as run_reproduce
-from .runner import RunError, RunOptions, run
+from .run_options import BATCH_SIZE_DEFAULT, RunOptions
+from .rundir import RunFolder
+from .runner import run
 from .scoring import score_file
 from .synth import make_synthetic
 
-ERRORS = (DatasetError, RunError, PredictionsError, *USER_ERRORS)
+PROG = "python -m eval"
 
 
-def _dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, choices=tuple(DATASETS), help="benchmark (trainval for VOC, the 20k list for COCO)")
-    p.add_argument("--root", required=True, type=Path, help="dataset folder (see docs/eval.md for the accepted layouts)")
+def _dataset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    from_run = "" if required else " (default: the run folder's)"
+    p.add_argument("--dataset", required=required, choices=tuple(DATASETS),
+                   help=f"benchmark (trainval for VOC, the 20k list for COCO){from_run}")
+    p.add_argument("--root", required=required, type=Path,
+                   help=f"dataset folder (see docs/eval.md for the accepted layouts){from_run}")
     p.add_argument("--no-hard", action="store_true", help="VOC: drop truncated/difficult objects, skip images left with none")
     p.add_argument("--image-list", type=Path, default=None, help="COCO20k: LOST's coco_20k_filenames.txt (default: ROOT/coco_20k_filenames.txt)")
     p.add_argument("--skip-bad", action="store_true", help="leave out images whose annotation or file is missing/malformed (counted)")
 
 
-def build_parser(prog: str = "python -m eval") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = options.Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser.set_defaults(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="predict a box per image and compute CorLoc (resumable; torchrun-aware)")
     _dataset_args(p)
-    add_backbone_args(p)
+    options.add_model(p)
     p.add_argument("--out", required=True, type=Path, help="run folder: config.json, predictions.jsonl, results.json")
-    p.add_argument("--k", type=int, default=100, help="LOST expansion candidates (default 100)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass, same padded size only (default: 1 on CPU, 32 on GPU)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="image-decoding processes, 0 decodes inline (default: 0 on <= 2 cores; else CPU: half the cores, at most 4; GPU: all cores but 2, at most 16)")
+    options.add_k(p)
+    p.add_argument("--limit", type=options.positive_int, default=None, metavar="N", help="evaluate only the first N images of the split")
+    p.add_argument("--batch-size", type=options.positive_int, default=None,
+                   help=f"images per forward pass, same padded size only (default: {BATCH_SIZE_DEFAULT})")
+    options.add_workers(p, None)
     p.add_argument("--method", default="lost", metavar="METHOD",
                    help=f"box method: {', '.join(METHODS)}, or cad:FILE, a `discovery cad train` detector (default lost)")
-    p.add_argument("--tf32", action="store_true",
-                   help="let CUDA fp32 convolutions/matmuls use TensorFloat-32 (faster; default: IEEE fp32, recorded in config.json)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="trunk precision: fp32 (default, the protocol) or bf16/fp16 autocast (GPU speed; boxes may change)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_precision(p)
+    options.add_progress(p)
     p.set_defaults(run=_run)
 
-    p = sub.add_parser("score", help="CorLoc of a predictions file (our JSONL or COCO results JSON)")
-    _dataset_args(p)
-    p.add_argument("--predictions", required=True, type=Path, help="predictions.jsonl, or a COCO results JSON list")
+    p = sub.add_parser("score", help="CorLoc of a predictions file (our JSONL or COCO results JSON) or of a run folder")
+    p.add_argument("run_dir", nargs="?", type=Path, default=None, metavar="RUN_DIR",
+                   help="an `eval run` folder: its predictions, scored on the dataset its config.json names")
+    _dataset_args(p, required=False)
+    p.add_argument("--predictions", type=Path, default=None, help="predictions.jsonl, a COCO results JSON list, or a run folder")
+    p.add_argument("--allow-unknown-ids", action="store_true",
+                   help="score a file most of whose image ids are not in the dataset (e.g. all of train2014 on COCO20k)")
     p.set_defaults(run=_score)
 
     p = sub.add_parser("synth", help="write a small synthetic dataset in the VOC and COCO layouts")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--n", type=int, default=24, help="images per dataset (default 24)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=options.positive_int, default=24, help="images per dataset (default 24)")
+    options.add_seed(p, 0, "the synthetic images")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that already holds VOCdevkit/ or coco/")
     p.set_defaults(run=_synth)
 
@@ -77,8 +85,8 @@ def build_parser(prog: str = "python -m eval") -> argparse.ArgumentParser:
     p.add_argument("--archives", type=Path, default=None, metavar="DIR",
                    help="where archives are downloaded and resumed (default ROOT/archives); verified files already there are used")
     p.add_argument("--keep-archives", action="store_true", help="keep the archives after unpacking (default: delete them)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds a connect or read may block (default 60)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--timeout", type=options.positive_float, default=60.0, help="seconds a connect or read may block (default 60)")
+    options.add_progress(p)
     p.set_defaults(run=_fetch_datasets)
 
     p = sub.add_parser("reproduce", help="the seed paper's Table 5: LOST CorLoc of imagenet / dino before and after PUL (resumable)")
@@ -94,22 +102,36 @@ def build_parser(prog: str = "python -m eval") -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    opts = RunOptions(
-        dataset=args.dataset, root=args.root, backbone=args.backbone, out=args.out, stride=args.stride, k=args.k,
-        no_hard=args.no_hard, limit=args.limit, batch_size=args.batch_size, workers=args.workers, method=args.method,
-        device=args.device, weights_dir=args.weights_dir, image_list=args.image_list, skip_bad=args.skip_bad,
-        precision=args.precision, tf32=args.tf32, progress=not args.no_progress,
-    )
-    summary = run(opts)
+    summary = run(options.from_args(RunOptions, args, progress=not args.no_progress))
     if summary is not None:
         _notes(summary)
         print(dumps(summary))
+        print(summary_line(summary), file=sys.stderr)
     return 0
 
 
+def summary_line(summary: dict) -> str:
+    """``voc07: CorLoc 33.3 % (8 / 24), 7.5 s, results in runs/x/results.json`` (and what was resumed)."""
+    resumed = f", {summary['images_resumed']} resumed" if summary.get("images_resumed") else ""
+    return (f"{summary['dataset']}: CorLoc {summary['corloc']:.1f} % ({summary['correct']} / {summary['total']}), "
+            f"{summary['wall_time_s']:.1f} s{resumed}, results in {summary['results']}")
+
+
 def _score(args: argparse.Namespace) -> int:
-    dataset = open_dataset(args.dataset, args.root, args.no_hard, args.image_list, args.skip_bad)
-    summary = score_file(dataset, args.predictions)
+    if args.run_dir is not None and args.predictions is not None:
+        raise ValueError("give the run folder or --predictions, not both")
+    predictions = args.run_dir if args.run_dir is not None else args.predictions
+    if predictions is None:
+        raise ValueError("name a run folder (eval score RUN_DIR) or a file (--predictions FILE)")
+    folder = RunFolder(predictions) if predictions.is_dir() else None
+    config = folder.read_config() if folder is not None else {}
+    name, root = args.dataset or config.get("dataset"), args.root or config.get("root")
+    if name is None or root is None:
+        raise ValueError("--dataset and --root are needed to score a file (a run folder names its own)")
+    dataset = open_dataset(name, root, args.no_hard or bool(config.get("no_hard")), args.image_list, args.skip_bad)
+    if name == config.get("dataset") and config.get("image_list_sha256") not in (None, dataset.image_list_sha256):
+        raise DatasetError(f"{folder.path} was run on another image list than {dataset.image_list}; pass --image-list")
+    summary = score_file(dataset, folder.predictions if folder is not None else predictions, args.allow_unknown_ids)
     _notes(summary)
     print(dumps(summary))
     return 0
@@ -124,16 +146,16 @@ def _notes(summary: dict) -> None:
     if full and expected and summary.get("total") != expected:
         print(f"note: {summary.get('total')} images evaluated; the published {summary.get('dataset')} protocol has {expected}",
               file=sys.stderr)
-    if summary.get("skipped_bad") or summary.get("skipped_images"):
-        print(f"note: {summary.get('skipped_bad', 0) + summary.get('skipped_images', 0)} images left out as bad (--skip-bad)",
-              file=sys.stderr)
+    left_out = summary.get("skipped_bad_annotation_or_file", 0) + summary.get("skipped_unreadable_image", 0)
+    if left_out:
+        print(f"note: {left_out} images left out as bad (--skip-bad)", file=sys.stderr)
 
 
 def _synth(args: argparse.Namespace) -> int:
     made = make_synthetic(args.out, args.n, args.seed, args.overwrite)
     print(f"wrote {made.images} images each for VOC2007, VOC2012 and COCO under {made.out}")
-    print(f"  python -m eval run --dataset voc07 --root {made.out} --backbone random --out runs/synth-voc07")
-    print(f"  python -m eval run --dataset coco20k --root {made.coco_root} --backbone random --out runs/synth-coco20k")
+    print(f"  {args.prog} run --dataset voc07 --root {made.out} --backbone random --out runs/synth-voc07")
+    print(f"  {args.prog} run --dataset coco20k --root {made.coco_root} --backbone random --out runs/synth-coco20k")
     return 0
 
 
@@ -147,7 +169,8 @@ def _fetch_datasets(args: argparse.Namespace) -> int:
             print(f"{name}: {done.folder} (verified and unpacked: {', '.join(done.downloaded)})")
         else:
             print(f"{name}: already present at {done.folder}")
-    print(f"  python -m eval run --dataset {args.datasets[0]} --root {args.root} --backbone imagenet --out runs/{args.datasets[0]}-imagenet")
+    first = args.datasets[0]
+    print(f"  {args.prog} run --dataset {first} --root {args.root} --backbone imagenet --out runs/{first}-imagenet")
     return 0
 
 
@@ -160,23 +183,6 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m eval") -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """``python -m eval`` in a checkout; ``discovery eval`` when installed (``prog`` names which)."""
     return run_parsed(build_parser(prog), argv)
-
-
-def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run ``args.run``; user mistakes become one ``error:`` line and status 2."""
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except RunError as err:
-        if not err.quiet:
-            print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (re-run the same command to resume)", file=sys.stderr)
-        return 130

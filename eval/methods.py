@@ -1,21 +1,28 @@
 """Box-proposal methods the harness can evaluate, by name.
 
-A method maps a :class:`~discovery.localizer.Localizer` and a batch of computed embeddings (same
-padded size) to one :class:`Proposal` per image, in original-image pixels. To add one, write such a
-function and add it to :data:`METHODS`; ``python -m eval run --method NAME`` then evaluates it.
+Two kinds:
 
-``cad:FILE`` is a trained detector (``discovery cad train``): it reads the embeddings' images, not
-their features (its attribute ``needs_features`` is ``False``, so the runner skips the trunk), and
-its proposals carry every box with its score besides the top one.
+- a :data:`FeatureMethod` maps a :class:`~discovery.localizer.Localizer` and a batch of computed
+  embeddings (same padded size) to one :class:`Proposal` per image, in original-image pixels. To
+  add one, write such a function and add it to :data:`METHODS`; ``python -m eval run --method
+  NAME`` then evaluates it.
+- a :class:`PixelMethod` reads the decoded images themselves (RGB uint8 arrays at native
+  resolution) and no backbone features, so the runner loads no backbone for it. ``cad:FILE``, a
+  trained detector (``discovery cad train``), is one; its proposals carry every box with its score
+  besides the top one.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+import numpy as np
+
+from discovery.detector import Detector
 from discovery.explain import Explainer
 from discovery.localizer import Embedding, Localizer
 
@@ -33,7 +40,7 @@ class Proposal:
 
 
 #: ``method(localizer, embeddings, k)`` → one proposal per embedding; ``k`` is LOST's candidate count.
-Method = Callable[[Localizer, Sequence[Embedding], int], list[Proposal]]
+FeatureMethod = Callable[[Localizer, Sequence[Embedding], int], list[Proposal]]
 
 
 def lost(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> list[Proposal]:
@@ -48,36 +55,46 @@ def gradcam(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> li
     return [Proposal(cam.box) for cam in Explainer(localizer).explain_embeddings(embeddings)]
 
 
-METHODS: MappingProxyType[str, Method] = MappingProxyType({"lost": lost, "gradcam": gradcam})
+METHODS: MappingProxyType[str, FeatureMethod] = MappingProxyType({"lost": lost, "gradcam": gradcam})
 
+
+class PixelMethod(ABC):
+    """A method that reads the decoded images, not backbone features (no backbone is loaded for it)."""
+
+    @abstractmethod
+    def load(self, device: str) -> None:
+        """Get ready to run on ``device`` (called once per process, before :meth:`propose`)."""
+
+    @abstractmethod
+    def propose(self, images: Sequence[np.ndarray]) -> list[Proposal]:
+        """One proposal per RGB uint8 ``(H, W, 3)`` image of one padded size, in its pixels."""
+
+    @abstractmethod
+    def config(self) -> dict:
+        """What decides its boxes besides the images (recorded in the run's config.json); valid after :meth:`load`."""
+
+
+Method = FeatureMethod | PixelMethod
 
 CAD_PREFIX = "cad:"
 
 
-class DetectorMethod:
+class DetectorMethod(PixelMethod):
     """``cad:FILE``: the detector's boxes on each image (LOST+CAD's protocol: CorLoc from the
-    top-scoring box). ``k`` is unused; the model loads on first use, on the localizer's device."""
-
-    needs_features = False
+    top-scoring box)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._detector = None
+        self.detector: Detector | None = None
 
-    @property
-    def detector(self):
-        return self._detector
+    def load(self, device: str) -> None:
+        self.detector = Detector(self.path, device=device, max_side=None)
 
-    def load(self, device) -> None:
-        from discovery.detector import Detector
+    def propose(self, images: Sequence[np.ndarray]) -> list[Proposal]:
+        return [Proposal(d.box, None, d.boxes, d.scores) for d in self.detector.detect(list(images))]
 
-        if self._detector is None:
-            self._detector = Detector(self.path, device=device, max_side=None)
-
-    def __call__(self, localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> list[Proposal]:
-        self.load(localizer.backbone.device)
-        found = self._detector.detect([e.image.rgb for e in embeddings], [e.image.original_size for e in embeddings])
-        return [Proposal(d.box, None, d.boxes, d.scores) for d in found]
+    def config(self) -> dict:
+        return {"detector_sha256": self.detector.sha256, "detector_base": self.detector.metadata["base"]["name"]}
 
 
 def get_method(name: str) -> Method:

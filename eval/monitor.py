@@ -1,8 +1,9 @@
 """CorLoc while PUL trains: the ``evaluate`` hook that ``pul train --eval-every`` hands the trainer.
 
-The trainer (:func:`discovery.pul.train`) knows nothing of datasets or ground truth; every
-``--eval-every`` steps it calls ``hook(steps_done, backbone)`` on rank 0 with a frozen copy of the
-student at LOST's stride 16. This module opens the benchmark once and scores LOST on the same
+The command (``discovery/commands/pul.py``) builds it with :func:`corloc_hook` and passes it as
+``train(config, evaluate=hook)``; the trainer (:func:`discovery.pul.train`) never imports the
+harness and knows nothing of datasets or ground truth: every ``--eval-every`` steps it calls
+``hook(steps_done, backbone)`` on rank 0 with a frozen copy of the student at LOST's stride 16. This module opens the benchmark once and scores LOST on the same
 fixed image list at every call. The ground-truth boxes are read here, for scoring only: the
 trainer never sees them.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from discovery.backbones import Backbone
+from discovery.backbone import Backbone
 from discovery.localizer import Localizer
 from discovery.lost import DEFAULT_K
 

@@ -25,12 +25,13 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
 import discovery
+from discovery import options
 from discovery.distributed import DistContext, from_env, join, teardown
 from discovery.files import write_text_atomic
 from discovery.provenance import git_revision
@@ -38,7 +39,10 @@ from discovery.pul import PULConfig, state_path, train
 from discovery.splits import DATASETS
 from discovery.weights import load_file
 
-from .runner import RunError, RunOptions, run
+from .errors import RunError, run_parsed
+from .run_options import BATCH_SIZE_DEFAULT, RunOptions
+from .rundir import config_diffs
+from .runner import run
 from .synth import make_synthetic
 from .table import PIPELINE_CHECK, Row, table_csv, table_markdown
 
@@ -106,7 +110,7 @@ def check_options(opts: ReproduceOptions) -> None:
     wanted = opts.decisive()
     if path.is_file():
         stored = json.loads(path.read_text())
-        diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in wanted.items() if stored.get(k) != v]
+        diffs = config_diffs(stored, wanted)
         if diffs:
             raise RunError(f"{opts.out} holds a reproduction with other options ({'; '.join(diffs)}); choose another --out")
         return
@@ -217,35 +221,49 @@ def reproduce(opts: ReproduceOptions) -> list[Row]:
             teardown(ctx)
 
 
+def _default(name: str, cls: type = ReproduceOptions):
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+_PUL_WORKERS = _default("workers", PULConfig)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, default=None, help="the data, as `eval fetch --root DATA` lays it out")
     p.add_argument("--out", type=Path, required=True, help="folder for the run folders, checkpoints and table.md / table.csv")
-    p.add_argument("--bases", nargs="+", default=list(BASES), choices=BASES, help="default: imagenet dino")
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=tuple(DATASETS), help="default: voc07 voc12 coco20k")
-    p.add_argument("--epochs", type=int, default=3, help="PUL epochs (default 3, the paper's)")
+    p.add_argument("--bases", nargs="+", default=list(BASES), choices=BASES, help=f"default: {' '.join(BASES)}")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=tuple(DATASETS), help=f"default: {' '.join(DATASETS)}")
+    p.add_argument("--epochs", type=options.positive_int, default=_default("epochs"),
+                   help=f"PUL epochs (default {_default('epochs')}, the paper's)")
     p.add_argument("--quick", action="store_true",
                    help="pipeline check: the same grid on `eval synth` data with the random base and tiny PUL settings (CPU, minutes)")
-    p.add_argument("--synth-images", type=int, default=6, help="--quick: synthetic images per dataset (default 6)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu; under torchrun cuda means cuda:LOCAL_RANK)")
-    p.add_argument("--batch-size", type=int, default=32, help="PUL global batch (default 32)")
-    p.add_argument("--lr", type=float, default=0.01, help="PUL projector learning rate (default 0.01)")
-    p.add_argument("--eval-batch-size", type=int, default=None, help="eval run images per forward pass (default: 1 on CPU, 16 on GPU)")
-    p.add_argument("--workers", type=int, default=None, help="image decoding workers for eval run and PUL")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N images per split (smoke test, not the protocol)")
-    p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+    p.add_argument("--synth-images", type=options.positive_int, default=_default("synth_images"),
+                   help=f"--quick: synthetic images per dataset (default {_default('synth_images')})")
+    options.add_device(p)
+    p.add_argument("--batch-size", type=options.positive_int, default=_default("batch_size"),
+                   help=f"PUL global images per step (default {_default('batch_size')})")
+    p.add_argument("--lr", type=options.positive_float, default=_default("lr"),
+                   help=f"PUL projector learning rate (default {_default('lr'):g})")
+    p.add_argument("--eval-batch-size", type=options.positive_int, default=None,
+                   help=f"eval run images per forward pass (default: {BATCH_SIZE_DEFAULT})")
+    # not options.add_workers: None means two different defaults here
+    p.add_argument("--workers", type=options.non_negative_int, default=None,
+                   help=f"image decoding worker processes (default: eval run's chosen from the cores, PUL's {_PUL_WORKERS})")
+    p.add_argument("--limit", type=options.positive_int, default=None, metavar="N",
+                   help="score only the first N images per split (smoke test, not the protocol)")
+    options.add_seed(p, _default("seed"), "PUL")
+    p.add_argument("--stop-after", type=options.positive_int, default=None, metavar="STEPS",
                    help="stop each PUL run after STEPS steps in total (the same command continues it)")
-    p.add_argument("--weights-dir", type=Path, default=None, help="folder of weights files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_weights_dir(p)
+    options.add_progress(p)
 
 
 def run_args(args: argparse.Namespace) -> int:
     if args.quick and sorted(args.bases) != sorted(BASES):
         raise ValueError("--quick always uses the random base; leave out --bases")
-    opts = ReproduceOptions(
-        out=args.out, root=args.root, bases=tuple(dict.fromkeys(args.bases)), datasets=tuple(dict.fromkeys(args.datasets)),
-        epochs=args.epochs, quick=args.quick, synth_images=args.synth_images, device=args.device,
-        batch_size=args.batch_size, lr=args.lr, workers=args.workers, eval_batch_size=args.eval_batch_size,
-        limit=args.limit, stop_after=args.stop_after, weights_dir=args.weights_dir, progress=not args.no_progress,
+    opts = options.from_args(
+        ReproduceOptions, args, bases=tuple(dict.fromkeys(args.bases)), datasets=tuple(dict.fromkeys(args.datasets)),
+        progress=not args.no_progress,
     )
     try:
         reproduce(opts)
@@ -260,9 +278,7 @@ def run_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "python -m eval reproduce") -> int:
     """``discovery reproduce ...`` (``python -m eval reproduce ...`` in a checkout)."""
-    from .cli import run_parsed
-
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = options.Parser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.set_defaults(run=run_args)
     return run_parsed(parser, argv)

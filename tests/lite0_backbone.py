@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from discovery.backbones import Backbone
+from discovery.backbone import Backbone
 
 #: The TF-Lite models' preprocessing, ``(x - 127) / 128`` on 0..255 pixels.
 LITE_MEAN = (127 / 255,) * 3

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from discovery.backbones import Backbone
+from discovery.backbone import Backbone
 from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
 
 

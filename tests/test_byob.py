@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from discovery.backbones import Backbone, load_backbone
+from discovery.backbone import Backbone
+from discovery.backbones import load_backbone
 from discovery.explain import EMBEDDING_TARGET, Explainer
 from discovery.localizer import Localizer
-from discovery.weights import WeightsError, parse_backbone_name, sha256_file
+from discovery.names import parse_backbone_name
+from discovery.weights import sha256_file, WeightsError
 
 
 @pytest.mark.parametrize("name, kind, value, path", [

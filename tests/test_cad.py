@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from discovery import Detector
 from discovery import weights as W
 from discovery.cli import main as discovery_main
+from discovery.provenance import git_revision
 from discovery.pul import state_path
 from discovery.eval.cli import main as eval_main
 from discovery.eval.datasets import open_dataset
@@ -33,7 +34,7 @@ from discovery.eval.synth import make_synthetic
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--min-size", "64", "--min-size-test", "64", "--max-size", "128", "--anchor-sizes", "16,32,64",
          "--roi-size", "4", "--rpn-batch", "32", "--roi-batch", "8", "--proposals", "100,20,100,10",
-         "--freeze-at", "5", "--batch-size", "2", "--lr", "0.001", "--warmup", "1", "--workers", "0", "--no-progress"]
+         "--freeze-at", "5", "--batch-size", "2", "--lr", "0.001", "--warmup-steps", "1", "--workers", "0", "--no-progress"]
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -56,7 +57,7 @@ def lost_run(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def trained(lost_run) -> Path:
     out = lost_run["base"] / "det.safetensors"
-    rc = discovery_main(["cad", "train", "--run", str(lost_run["run"]), "--base", "random", "--out", str(out),
+    rc = discovery_main(["cad", "train", "--run", str(lost_run["run"]), "--backbone", "random", "--out", str(out),
                          "--iterations", "3", *SMALL])
     assert rc == 0
     return out
@@ -69,6 +70,7 @@ def test_checkpoint_carries_its_provenance_and_loads_as_a_detector(lost_run, tra
     assert meta["pseudo_boxes"]["run_config"] == json.loads(config_bytes)
     assert meta["pseudo_boxes"]["run_config_sha256"] == W.sha256_file(lost_run["run"] / "config.json")
     assert meta["base"]["name"] == "random" and meta["base"]["sha256"] == "random-seed0" and meta["seed"] == 0
+    assert meta["git_revision"] == git_revision() and meta["grad_clip"] == 0 and meta["warmup_steps"] == 1
     assert any(k.startswith("roi_heads.box_head.0.") for k in tensors)  # layer4 is the C4 RoI head
     detector = Detector(trained, device="cpu")
     image = next((lost_run["root"] / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))
@@ -118,7 +120,7 @@ def test_ap50_of_multi_box_files_from_both_formats(lost_run, tmp_path, capsys):
 
 def test_resume_after_stop_and_after_sigkill_equals_an_uninterrupted_run(lost_run, trained, capsys):
     parts = lost_run["base"] / "parts.safetensors"
-    common = ["cad", "train", "--run", str(lost_run["run"]), "--base", "random", "--iterations", "3", *SMALL]
+    common = ["cad", "train", "--run", str(lost_run["run"]), "--backbone", "random", "--iterations", "3", *SMALL]
     assert discovery_main([*common, "--out", str(parts), "--stop-after", "1"]) == 0
     assert not parts.exists() and torch.load(state_path(parts), weights_only=True)["step"] == 1
     assert discovery_main([*common, "--out", str(parts), "--resume"]) == 0
@@ -160,10 +162,10 @@ def test_unsafe_or_foreign_checkpoints_are_refused_without_running_code(tmp_path
 
 def test_bad_inputs_give_one_error_line(lost_run, tmp_path, capsys):
     cases = [
-        (["--run", str(tmp_path), "--base", "random", "--out", str(tmp_path / "x.safetensors")], "not an `eval run` folder"),
-        (["--run", str(lost_run["run"]), "--base", "random", "--out", str(tmp_path / "x.pt")], ".safetensors"),
-        (["--run", str(lost_run["run"]), "--base", "random", "--out", str(tmp_path / "x.safetensors"), "--resume"], "nothing to resume"),
-        (["--run", str(lost_run["run"]), "--base", "random", "--out", str(tmp_path / "x.safetensors"), "--norm", "frozen",
+        (["--run", str(tmp_path), "--backbone", "random", "--out", str(tmp_path / "x.safetensors")], "not an `eval run` folder"),
+        (["--run", str(lost_run["run"]), "--backbone", "random", "--out", str(tmp_path / "x.pt")], ".safetensors"),
+        (["--run", str(lost_run["run"]), "--backbone", "random", "--out", str(tmp_path / "x.safetensors"), "--resume"], "nothing to resume"),
+        (["--run", str(lost_run["run"]), "--backbone", "random", "--out", str(tmp_path / "x.safetensors"), "--norm", "frozen",
           "--freeze-at", "9"], "freeze_at"),
     ]
     for args, needle in cases:
@@ -179,9 +181,9 @@ def test_bad_inputs_give_one_error_line(lost_run, tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_training_speed(lost_run, tmp_path, capsys):
     out = tmp_path / "gpu.safetensors"
-    args = ["cad", "train", "--run", str(lost_run["run"]), "--base", "random", "--out", str(out), "--device", "cuda",
+    args = ["cad", "train", "--run", str(lost_run["run"]), "--backbone", "random", "--out", str(out), "--device", "cuda",
             "--iterations", "20", "--batch-size", "4", "--min-size", "480,512", "--min-size-test", "512",
-            "--lr", "0.001", "--warmup", "5", "--workers", "2", "--no-progress"]
+            "--lr", "0.001", "--warmup-steps", "5", "--workers", "2", "--no-progress"]
     started = time.perf_counter()
     assert discovery_main(args) == 0
     err = capsys.readouterr().err

@@ -44,14 +44,15 @@ def test_locate_good_and_bad_images(tmp_path, textured_image):
     ]
     assert "Traceback" not in out.stderr
     assert "pipeline check" in out.stderr
+    assert "note: --overlay-dir is now --out-dir" in out.stderr  # the old spelling still works
 
 
 def test_locate_overlay_shape(tmp_path, textured_image):
     img = tmp_path / "a.png"
     Image.fromarray(textured_image).save(img)
-    out = cli("locate", str(img), "--backbone", "random", "--stride", "8", "--k", "5", "--overlay-dir", str(tmp_path))
+    out = cli("locate", str(img), "--backbone", "random", "--stride", "8", "--k", "5", "--out-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    overlay = np.asarray(Image.open(tmp_path / "a_lost.png"))
+    overlay = np.asarray(Image.open(tmp_path / "a_random_lost.png"))
     assert overlay.shape == (96, 3 * 128 + 2 * 8, 3)
 
 
@@ -100,8 +101,9 @@ def test_bad_device_and_max_side_are_one_line(tmp_path, textured_image):
     for args, expected in (
         (["--device", "foo"], "is not a torch device"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
-        (["--max-side", "-5"], "max_side must be at least 1"),
+        (["--max-side", "-5"], "error: discovery locate: argument --max-side: must be 0 or more, got -5"),
     ):
         out = cli("locate", str(img), "--backbone", "random", *args)
         assert out.returncode == 2, out.stderr
         assert expected in out.stderr and "Traceback" not in out.stderr
+        assert out.stderr.count("\n") == 1

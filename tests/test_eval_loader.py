@@ -151,8 +151,9 @@ def test_method_registry():
 
 
 def test_synth_writes_both_layouts_with_known_boxes(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path / "s"), "--n", "8", "--seed", "3"]) == 0
-    assert "VOC2007" in capsys.readouterr().out
+    assert main(["synth", "--out", str(tmp_path / "s"), "--n", "8", "--seed", "3"], prog="discovery eval") == 0
+    out = capsys.readouterr().out
+    assert "VOC2007" in out and f"\n  discovery eval run --dataset voc07 --root {tmp_path / 's'} --backbone random" in out
     root = tmp_path / "s"
     voc = open_dataset("voc07", root)
     truth = synthetic_images(8, 3)
@@ -177,7 +178,10 @@ def test_synth_writes_both_layouts_with_known_boxes(tmp_path, capsys):
     for item in coco.items:
         plain = [a for a in anns if a["image_id"] == int(item.image_id) and not a["iscrowd"]]
         assert len(item.boxes) == len(plain)
-    assert main(["synth", "--out", str(tmp_path / "t"), "--n", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--out", str(tmp_path / "t"), "--n", "0"])
+    assert exit_info.value.code == 2 and "argument --n: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
 
 
 def test_synth_refuses_a_folder_holding_a_dataset(tmp_path, capsys):

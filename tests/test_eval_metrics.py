@@ -97,7 +97,7 @@ def test_coco_results_top_score_per_image(tmp_path):
 def test_match_ids_accepts_voc_integers_and_file_names():
     ds = Dataset("voc07", "trainval", Path("."), [Item("000005", Path("x"), np.zeros((0, 4))), Item("000012", Path("y"), np.zeros((0, 4)))])
     boxes, unknown = match_ids(ds, {"5": (0, 0, 1, 1), "000012.jpg": (0, 0, 2, 2), "999999": (0, 0, 3, 3)})
-    assert boxes == {"000005": (0, 0, 1, 1), "000012": (0, 0, 2, 2)} and unknown == 1
+    assert boxes == {"000005": (0, 0, 1, 1), "000012": (0, 0, 2, 2)} and unknown == ["999999"]
 
 
 def _obj(xmin, ymin, xmax, ymax, difficult=0) -> str:
@@ -165,3 +165,21 @@ def test_score_unreadable_predictions_is_one_line(hand_dataset, tmp_path, capsys
     assert err.startswith("error: ") and err.count("\n") == 1 and "bad.json" in err
     assert main(["score", "--dataset", "voc07", "--root", str(hand_dataset), "--predictions", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_score_refuses_a_file_for_another_dataset(hand_dataset, tmp_path, capsys):
+    """Rule: refuse when no id is the dataset's, or more ids are unknown than known (unless --allow-unknown-ids)."""
+    path = tmp_path / "mostly_other.jsonl"
+    path.write_text(''.join(f'{{"image_id": "{i}", "box": [0, 0, 100, 50]}}\n' for i in ("000001", "2008_000001", "2008_000002")))
+    args = ["score", "--dataset", "voc07", "--root", str(hand_dataset), "--predictions", str(path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: 2 of the 3 image ids of {path} (e.g. '2008_000001') are not in voc07 trainval ({hand_dataset}); "
+                   "pass --allow-unknown-ids to score the 1 that are\n")
+    assert main([*args, "--allow-unknown-ids"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["correct"], out["total"], out["unknown_ids"]) == (1, 4, 2)
+    path.write_text("")
+    assert main(args) == 2 and capsys.readouterr().err == f"error: {path} holds no predictions\n"
+    assert main(["score", "--predictions", str(path)]) == 2
+    assert "--dataset and --root are needed" in capsys.readouterr().err

@@ -27,10 +27,14 @@ from torchvision.models import resnet50
 from discovery.explain import Explainer
 from discovery.images import normalize_and_pad
 from discovery.localizer import Localizer
-from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
+from discovery.weights import IMAGENET_MEAN, IMAGENET_STD, sha256_file
 from discovery.eval.cli import main
 from discovery.eval.datasets import open_dataset
-from discovery.eval.runner import RunError, RunOptions, run
+from discovery.eval.errors import RunError
+from discovery.eval.methods import PixelMethod, Proposal
+from discovery.eval.run_options import RunOptions
+from discovery.eval.rundir import RunFolder
+from discovery.eval.runner import run
 from discovery.eval.synth import make_image, make_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,7 +220,7 @@ def test_unreadable_image_fails_clearly_or_is_skipped(bench, tmp_path, capsys):
     assert kept == ["000001"]
     assert main([*args, "--out", str(tmp_path / "b"), "--skip-bad"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["skipped_images"] == 1 and summary["total"] == 2 and summary["limit"] == 3
+    assert summary["skipped_unreadable_image"] == 1 and summary["total"] == 2 and summary["limit"] == 3
 
 
 def test_coco20k_run_end_to_end(bench, capsys):
@@ -227,14 +231,20 @@ def test_coco20k_run_end_to_end(bench, capsys):
     summary = json.loads(captured.out)
     assert "not LOST's coco_20k_filenames.txt" in captured.err
     assert summary["total"] == 3 and summary["official_image_list"] is False and summary["dataset"] == "coco20k"
+    assert captured.err.splitlines()[-1] == (
+        f"coco20k: CorLoc {summary['corloc']:.1f} % ({summary['correct']} / 3), {summary['wall_time_s']:.1f} s, "
+        f"results in {out / 'results.json'}")
     ids = [r["image_id"] for r in _lines(out / "predictions.jsonl")]
     dataset = open_dataset("coco20k", bench["data"])
     assert ids == [it.image_id for it in dataset.items[:3]]
     # extending the limit resumes: only the new images are computed
     assert main(["run", "--dataset", "coco20k", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]),
                  "--out", str(out), "--workers", "0", "--no-progress"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["images_resumed"] == 3 and summary["total"] == len(dataset.items) == N_IMAGES - 1
+    assert f"resuming {out}: 3 of {N_IMAGES - 1} images done already" in captured.err
+    assert ", 3 resumed, results in " in captured.err.splitlines()[-1]
 
 
 def test_gradcam_method_scores_cam_boxes(bench, capsys):
@@ -248,3 +258,80 @@ def test_gradcam_method_scores_cam_boxes(bench, capsys):
     for record, item in zip(_lines(out / "predictions.jsonl"), dataset.items):
         assert record["box"] == [round(v, 2) for v in explainer(item.path).box]
         assert record["seed"] is None
+
+
+def test_invalid_options_write_nothing_and_a_failed_start_does_not_block(bench, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "voc07", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]), "--out", str(out),
+            "--workers", "0", "--no-progress", "--limit", "1"]
+    for bad in (["--k", "-3"], ["--limit", "0"], ["--batch-size", "0"], ["--workers", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, *bad])
+        assert exit_info.value.code == 2 and f"argument {bad[0]}: must be" in capsys.readouterr().err
+        assert not out.exists(), bad
+    assert main([*args, "--method", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown method 'nope'") and not out.exists()
+    with pytest.raises(ValueError, match="--k must be at least 1"):
+        RunOptions("voc07", bench["data"], str(bench["ckpt"]), out, k=-3)
+    # a folder an earlier (unchecked) run left with a bad config and no prediction is taken over
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({**json.loads((bench["ref"] / "config.json").read_text()), "k": -3}))
+    (out / "predictions.jsonl").write_text("")
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert f"note: {out} held no prediction yet; its config is replaced (k: -3 there, 100 now)" in captured.err
+    assert json.loads((out / "config.json").read_text())["k"] == 100 and json.loads(captured.out)["total"] == 1
+
+
+
+def test_score_reads_a_run_folder_and_refuses_another_dataset(bench, capsys):
+    ref, expected = bench["ref"], bench["summary"]
+    for args in ([str(ref)], ["--predictions", str(ref)]):
+        assert main(["score", *args]) == 0  # dataset and root from the run's config.json
+        out = json.loads(capsys.readouterr().out)
+        assert (out["dataset"], out["corloc"], out["total"]) == ("voc07", expected["corloc"], N_IMAGES)
+    assert main(["score", str(ref), "--dataset", "voc12", "--root", str(bench["data"])]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"error: none of the {N_IMAGES} image ids of {ref / 'predictions.jsonl'} (e.g. '000001') is in voc12")
+
+
+def test_run_folder_reader_gives_config_dataset_root_and_records(bench, tmp_path):
+    contents = RunFolder(bench["ref"]).read()
+    assert contents.config == json.loads((bench["ref"] / "config.json").read_text())
+    assert (contents.dataset, contents.root) == ("voc07", bench["data"] / "VOCdevkit" / "VOC2007")
+    assert contents.records == {r["image_id"]: r for r in _lines(bench["ref"] / "predictions.jsonl")} and contents.dropped == 0
+    assert contents.predictions_sha256 == sha256_file(bench["ref"] / "predictions.jsonl")
+    with pytest.raises(RunError, match=f"^{tmp_path} is not an `eval run` folder \\(no config.json\\)$"):
+        RunFolder(tmp_path).read()
+
+
+class Corners(PixelMethod):
+    """A pixel method: the top-left quarter of each image it is handed."""
+
+    def __init__(self):
+        self.shapes: list[tuple[int, ...]] = []
+
+    def load(self, device: str) -> None:
+        self.device = device
+
+    def propose(self, images):
+        self.shapes += [rgb.shape for rgb in images]
+        return [Proposal((0.0, 0.0, rgb.shape[1] / 2, rgb.shape[0] / 2)) for rgb in images]
+
+    def config(self) -> dict:
+        return {"corners": 1}
+
+
+def test_pixel_methods_get_the_decoded_images_and_no_backbone(bench, tmp_path, monkeypatch):
+    method = Corners()
+    monkeypatch.setattr("discovery.eval.runner.get_method", lambda name: method)
+    monkeypatch.setattr("discovery.eval.runner.Localizer", None)  # loading a backbone would fail
+    out = tmp_path / "corners"
+    summary = run(RunOptions("voc07", bench["data"], "no-such-backbone", out, method="corners", batch_size=2, workers=0, progress=False))
+    dataset = open_dataset("voc07", bench["data"])
+    sizes = [Image.open(it.path).size for it in dataset.items]
+    assert sorted(method.shapes) == sorted((h, w, 3) for w, h in sizes) and method.device == "cpu"
+    assert [r["box"] for r in _lines(out / "predictions.jsonl")] == [[0.0, 0.0, round(w / 2, 2), round(h / 2, 2)] for w, h in sizes]
+    config = json.loads((out / "config.json").read_text())
+    assert config["corners"] == 1 and "backbone" not in config and "backbone" not in summary and summary["total"] == N_IMAGES

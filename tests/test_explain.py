@@ -12,6 +12,7 @@ from pytorch_grad_cam import EigenCAM, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from discovery.backbone import Backbone
 from discovery.backbones import load_backbone
 from discovery.classes import resolve_class
 from discovery.explain import (
@@ -21,6 +22,7 @@ from discovery.explain import (
     Explainer,
     cam_to_box,
 )
+from discovery.geometry import ImageGeometry
 from discovery.images import PreparedImage
 from discovery.localizer import Localizer
 from discovery.sanity import SANITY_LAYERS, sanity_check
@@ -183,7 +185,8 @@ def test_box_in_original_pixels_when_shrunk(random_backbone, textured_image):
     small = Explainer(Localizer(random_backbone, max_side=64), threshold=0.3)
     res = small(textured_image)
     assert res.cam.shape == (48, 64) and res.embedding.image.original_size == (96, 128)
-    assert res.box == cam_to_box(res.cam, 0.3, scale=(2.0, 2.0))
+    assert res.embedding.image.geometry.scale == (2.0, 2.0)
+    assert res.box == res.embedding.image.geometry.box_to_original(cam_to_box(res.cam, 0.3))
 
 
 def test_targets_by_name_and_index(explainer, textured_image):
@@ -219,7 +222,8 @@ def test_cam_to_box_synthetic():
     cam[20:35, 30:55] = 0.6  # large, cooler blob: the largest component above 20 % wins
     assert cam_to_box(cam) == (30.0, 20.0, 55.0, 35.0)
     assert cam_to_box(cam, threshold=0.7) == (4.0, 5.0, 8.0, 10.0)
-    assert cam_to_box(cam, threshold=0.7, scale=(2.0, 0.5)) == (2.0, 10.0, 4.0, 20.0)
+    shrunk = ImageGeometry.at_stride((40, 60), original_size=(80, 30))  # scale (2.0, 0.5)
+    assert shrunk.box_to_original(cam_to_box(cam, threshold=0.7)) == (2.0, 10.0, 4.0, 20.0)
     one = np.zeros((8, 8))
     one[3, 5] = 0.2
     assert cam_to_box(one) == (5.0, 3.0, 6.0, 4.0)  # exclusive right/bottom
@@ -268,3 +272,47 @@ def test_explainer_arguments(random_backbone):
         Explainer(random_backbone)
     with pytest.raises(ValueError, match="threshold"):
         Explainer(Localizer(random_backbone), threshold=-0.1)
+
+
+def test_a_backbone_left_in_training_mode_explains_as_in_eval_mode(textured_image):
+    """BatchNorm in the trunk and BatchNorm1d + dropout in the head: a caller's ``.train()`` changes
+    no map (training-mode BatchNorm1d would even refuse a batch of one), and every flag comes back."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        trunk = nn.Sequential(nn.Conv2d(3, 16, 3, stride=4, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        head = nn.Sequential(nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 10))
+        feats = trunk.train()(torch.randn(4, 3, 32, 32) * 2 + 1)  # non-trivial running statistics
+        head.train()(feats.mean(dim=(2, 3)))
+    backbone = Backbone(trunk, head, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), stride=4).requires_grad_(False)
+    explainer = Explainer(Localizer(backbone, max_side=None))
+    backbone.train()
+    head[1].eval()
+    flags = [m.training for m in backbone.modules()]
+    trained = [explainer(textured_image, method=m) for m in ("gradcam", "eigencam")]
+    assert [m.training for m in backbone.modules()] == flags
+    backbone.eval()
+    for got, expected in zip(trained, [explainer(textured_image, method=m) for m in ("gradcam", "eigencam")]):
+        np.testing.assert_array_equal(got.cam, expected.cam)
+        assert got.target == expected.target and got.box == expected.box
+    assert trained[0].raw.std() > 0
+
+
+def test_explain_takes_the_callers_embedding(explainer, textured_image, monkeypatch):
+    """embed once → localize and explain; method, target and threshold are per query; no second forward."""
+    loc = explainer.localizer
+    emb = loc.embed(textured_image)
+    lost = loc.localize(emb)
+    monkeypatch.setattr(loc, "features", lambda batch: pytest.fail("explain ran the trunk"))
+    res = explainer.explain(emb)
+    assert isinstance(res, CamResult) and res.embedding is emb and res.threshold == explainer.threshold
+    tight = explainer.explain(emb, target=res.target, threshold=0.6)
+    np.testing.assert_array_equal(tight.cam, res.cam)
+    assert tight.threshold == 0.6 and tight.box == cam_to_box(tight.cam, 0.6) and explainer.threshold == 0.2
+    both = explainer.explain([emb, emb], method="eigencam")
+    assert [r.method for r in both] == ["eigencam"] * 2 and both[0].box == both[1].box
+    assert explainer.explain_embeddings([emb])[0].box == res.box
+    with pytest.raises(ValueError, match="threshold"):
+        explainer.explain(emb, threshold=1.5)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(explainer(textured_image).cam, res.cam)
+    assert loc.localize(emb).box == lost.box

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
+from discovery.backbone import Backbone
 from discovery.backbones import load_backbone
 from discovery.images import ImageError, decode
 from discovery.localizer import Localizer
@@ -207,3 +209,46 @@ def test_trunk_layout_is_channels_last_except_ieee_fp32_on_cuda(random_backbone)
     assert conv_layout("cuda", "fp32", True) == torch.channels_last
     assert conv_layout("cuda:1", "bf16", False) == torch.channels_last
     assert Localizer(random_backbone, fuse_batchnorm=True).memory_format == torch.channels_last
+
+
+def _train_mode_backbone() -> Backbone:
+    """A small stride-4 CNN with BatchNorm (calibrated statistics) and dropout, as a caller might
+    leave it: in training mode, with one BatchNorm switched to eval on its own."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        trunk = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Dropout(0.5),
+        )
+        trunk.train()(torch.randn(4, 3, 32, 32) * 2 + 1)  # non-trivial running statistics
+    backbone = Backbone(trunk, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), stride=4).requires_grad_(False)
+    backbone.train()
+    trunk[4].eval()
+    return backbone
+
+
+def test_a_backbone_left_in_training_mode_runs_in_eval_mode(textured_image):
+    backbone = _train_mode_backbone()
+    flags = [m.training for m in backbone.modules()]
+    stats = {k: v.clone() for k, v in backbone.state_dict().items()}
+    loc = Localizer(backbone, max_side=None)
+    assert loc.trunk is backbone.trunk  # not a ResNet50: no folded copy, the caller's own module runs
+    emb = loc.embed(textured_image)
+    again = loc.embed_arrays([textured_image])[0]
+    assert [m.training for m in backbone.modules()] == flags
+    assert all(torch.equal(stats[k], v) for k, v in backbone.state_dict().items())  # statistics not updated
+    backbone.eval()
+    expected = loc.embed(textured_image)
+    torch.testing.assert_close(emb.features, expected.features, rtol=0, atol=0)
+    torch.testing.assert_close(again.features, expected.features)
+    assert loc.localize(emb).box == loc.localize(expected).box
+
+
+def test_an_image_prepared_for_another_stride_is_refused(localizer, textured_image):
+    from dataclasses import replace
+
+    from discovery.localizer import Embedding
+
+    emb = localizer.embed(textured_image)
+    with pytest.raises(ValueError, match="stride 8"):
+        localizer.localize(Embedding(replace(emb.image, stride=8), emb.features))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.reference import layernorm_features, reference_lost
-from discovery.lost import localize, localize_batch, padded_size
+from discovery.lost import localize, localize_batch
 
 BACKGROUND = torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0])
 OBJECT = torch.tensor([0.0, 0, 0, 0, 1, 1, 1, 1])
@@ -126,14 +126,6 @@ def test_matches_reference_where_the_reference_has_no_ties():
         assert res.box == tuple(ref_box), f"seed {seed}"
         compared += 1
     assert compared >= 10
-
-
-@pytest.mark.parametrize(
-    ("size", "stride", "expected"),
-    [((375, 500), 16, (384, 512)), ((1, 1), 16, (16, 16)), ((64, 65), 32, (64, 96)), ((17, 32), 8, (24, 32))],
-)
-def test_padded_size(size, stride, expected):
-    assert padded_size(size, stride) == expected
 
 
 def test_feature_cells_outside_the_image_are_refused():

@@ -34,14 +34,9 @@ from discovery.pul import (
     read_dynamics,
     state_path,
 )
-from discovery.pul.data import (
-    PULImages,
-    labels_digest,
-    list_folder,
-    random_labels,
-    rank_batches,
-    steps_per_epoch,
-)
+from discovery.provenance import git_revision
+from discovery.pul.data import PULImages, labels_digest, list_folder, random_labels
+from discovery.training import rank_batches, steps_per_epoch
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = ["pul", "train", "--no-progress", "--workers", "0", "--input-size", "32", "--batch-size", "4", "--lr", "0.001", "--epochs", "1"]
@@ -197,7 +192,7 @@ def test_tiny_run_from_registry_name_loads_in_localizer(bases, images, tmp_path,
     (weights_dir / "resnet50-0676ba61.pth").symlink_to(bases["fc"])
     monkeypatch.setitem(W.REGISTRY, "imagenet", dataclasses.replace(W.REGISTRY["imagenet"], sha256_prefix=digest[:8]))
     out, dyn, png = tmp_path / "pul.safetensors", tmp_path / "dyn.csv", tmp_path / "dyn.png"
-    rc, stdout, err = run(capsys, *TRAIN, "--base", "imagenet", "--images", images, "--out", out, "--log-dynamics", dyn)
+    rc, stdout, err = run(capsys, *TRAIN, "--backbone", "imagenet", "--images", images, "--out", out, "--log-dynamics", dyn)
     assert rc == 0, err
     assert f"pul:{out}" in stdout
 
@@ -209,6 +204,7 @@ def test_tiny_run_from_registry_name_loads_in_localizer(bases, images, tmp_path,
     assert not torch.equal(tensors["layer4.2.conv3.weight"], base["layer4.2.conv3.weight"])
     assert torch.equal(tensors["layer3.0.bn1.running_var"], base["layer3.0.bn1.running_var"])  # BN in eval mode
     assert meta["base"]["name"] == "imagenet" and meta["base"]["sha256"] == digest
+    assert meta["git_revision"] == git_revision()
     assert meta["images"]["count"] == 8 and meta["images"]["skipped"] == 0
     assert meta["images"]["fingerprint_sha256"] == list_folder(images).fingerprint
     for key in ("epochs", "classes", "temperature", "kl_weight", "seed", "lr", "momentum", "weight_decay",
@@ -244,6 +240,7 @@ def test_headless_base_skips_unreadable_images(bases, images, tmp_path, capsys):
     out = tmp_path / "headless.safetensors"
     rc, _, err = run(capsys, *TRAIN, "--base", bases["headless"], "--images", images, "--out", out, "--classes", "4")
     assert rc == 0, err
+    assert err.startswith("note: --base is now --backbone")  # the old spelling still works
     assert "skipping 2 unreadable image(s) of 10" in err
     tensors, meta = read_checkpoint(out)
     assert not any(k.startswith("fc.") for k in tensors)
@@ -260,7 +257,7 @@ def _run_to_end(capsys, *args) -> None:
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(bases, images, tmp_path, capsys):
-    common = [*TRAIN[:-2], "--epochs", "2", "--base", bases["fc"], "--images", images, "--seed", "5"]
+    common = [*TRAIN[:-2], "--epochs", "2", "--backbone", bases["fc"], "--images", images, "--seed", "5"]
     full, parts = tmp_path / "full.safetensors", tmp_path / "parts.safetensors"
     _run_to_end(capsys, *common, "--out", full, "--log-dynamics", tmp_path / "full.csv")
 
@@ -286,13 +283,18 @@ def test_resume_after_interruption_equals_uninterrupted_run(bases, images, tmp_p
     args = [*common, "--out", killed, "--checkpoint-every", "1"]
     kill_at_first_state(args, state_path(killed), REPO)
     assert not killed.exists() and 1 <= torch.load(state_path(killed), weights_only=True)["step"] < 4
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    torn = tmp_path / f".{state_path(killed).name}.tmp{ended.pid}"  # what a kill inside an atomic write leaves
+    torn.write_bytes(b"torn")
     _run_to_end(capsys, *args, "--resume")
+    assert not torn.exists()
     c, meta_c = read_checkpoint(killed)
     assert all(torch.equal(a[key], c[key]) for key in a) and meta_c == meta_a
 
 
 def test_two_process_gloo_run_matches_a_single_process(bases, images, tmp_path, capsys):
-    common = [*TRAIN, "--base", bases["fc"], "--images", images, "--log-dynamics"]
+    common = [*TRAIN, "--backbone", bases["fc"], "--images", images, "--log-dynamics"]
     single, ddp = tmp_path / "single.safetensors", tmp_path / "ddp.safetensors"
     _run_to_end(capsys, *common, tmp_path / "single.csv", "--out", single)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -317,7 +319,7 @@ def test_two_process_gloo_run_matches_a_single_process(bases, images, tmp_path, 
 
 def test_resume_from_a_different_configuration_is_refused(bases, images, tmp_path, capsys):
     out = tmp_path / "x.safetensors"
-    common = ["--base", bases["fc"], "--images", images, "--out", out]
+    common = ["--backbone", bases["fc"], "--images", images, "--out", out]
     rc, _, err = run(capsys, *TRAIN, *common, "--stop-after", "1")
     assert rc == 0 and state_path(out).is_file()
     rc, _, err = run(capsys, *TRAIN, *common, "--resume", "--classes", "4")
@@ -348,14 +350,14 @@ def test_dataset_option_uses_the_split_image_list(bases, tmp_path, capsys):
     write_voc(tmp_path / "voc", ids)
     make_images(tmp_path / "voc" / "VOCdevkit" / "VOC2007" / "JPEGImages" / "extra", 2)  # not in the split
     out = tmp_path / "voc.safetensors"
-    rc, _, err = run(capsys, *TRAIN, "--base", bases["fc"], "--dataset", "voc07", "--root", tmp_path / "voc", "--out", out)
+    rc, _, err = run(capsys, *TRAIN, "--backbone", bases["fc"], "--dataset", "voc07", "--root", tmp_path / "voc", "--out", out)
     assert rc == 0, err
     _, meta = read_checkpoint(out)
     import hashlib
 
     expected = hashlib.sha256("\n".join(f"JPEGImages/{i}.jpg" for i in ids).encode()).hexdigest()
     assert meta["images"]["count"] == 5 and meta["images"]["fingerprint_sha256"] == expected
-    rc, _, err = run(capsys, *TRAIN, "--base", bases["fc"], "--dataset", "voc07", "--root", tmp_path / "nowhere", "--out", out, "--overwrite")
+    rc, _, err = run(capsys, *TRAIN, "--backbone", bases["fc"], "--dataset", "voc07", "--root", tmp_path / "nowhere", "--out", out, "--overwrite")
     assert rc == 2 and err.startswith("error:")
 
 
@@ -372,20 +374,21 @@ def _bad_cases(tmp: Path, bases: dict[str, Path], images: Path) -> dict[str, tup
     (tmp / "stale.safetensors.state.pt").write_bytes(b"x")
     fc = str(bases["fc"])
     return {
-        "empty folder": (["--base", fc, "--images", tmp / "empty"], "no images in"),
-        "no folder": (["--base", fc, "--images", tmp / "missing"], "not a folder"),
-        "unreadable images": (["--base", fc, "--images", tmp / "unreadable"], "none of the 2 images"),
-        "garbage base": (["--base", tmp / "garbage.pth", "--images", images], "not a readable PyTorch weights file"),
-        "missing base": (["--base", "imagenet-v2", "--images", images], "not found"),
-        "unknown base": (["--base", "resnet18", "--images", images], "unknown backbone"),
-        "one class": (["--base", fc, "--images", images, "--classes", "1"], "--classes must be at least 2"),
-        "output exists": (["--base", fc, "--images", images, "--out", tmp / "exists.safetensors"], "--overwrite"),
-        "stale state": (["--base", fc, "--images", images, "--out", tmp / "stale.safetensors"], "--resume"),
-        "nothing to resume": (["--base", fc, "--images", images, "--resume"], "nothing to resume"),
-        "bad suffix": (["--base", fc, "--images", images, "--out", tmp / "out.pt"], ".safetensors"),
-        "dataset without root": (["--base", fc, "--dataset", "voc07"], "--root"),
-        "zero epochs": (["--base", fc, "--images", images, "--epochs", "0"], "--epochs"),
-        "bad device": (["--base", fc, "--images", images, "--device", "tpu9"], "--device"),
+        "empty folder": (["--backbone", fc, "--images", tmp / "empty"], "no images in"),
+        "no folder": (["--backbone", fc, "--images", tmp / "missing"], "not a folder"),
+        "unreadable images": (["--backbone", fc, "--images", tmp / "unreadable"], "none of the 2 images"),
+        "garbage base": (["--backbone", tmp / "garbage.pth", "--images", images], "not a readable PyTorch weights file"),
+        "missing base": (["--backbone", "imagenet-v2", "--images", images], "not found"),
+        "unknown base": (["--backbone", "resnet18", "--images", images], "unknown backbone"),
+        "one class": (["--backbone", fc, "--images", images, "--classes", "1"], "--classes must be at least 2"),
+        "output exists": (["--backbone", fc, "--images", images, "--out", tmp / "exists.safetensors"], "--overwrite"),
+        "stale state": (["--backbone", fc, "--images", images, "--out", tmp / "stale.safetensors"], "--resume"),
+        "nothing to resume": (["--backbone", fc, "--images", images, "--resume"], "nothing to resume"),
+        "bad suffix": (["--backbone", fc, "--images", images, "--out", tmp / "out.pt"], ".safetensors"),
+        "dataset without root": (["--backbone", fc, "--dataset", "voc07"], "--root"),
+        "zero epochs": (["--backbone", fc, "--images", images, "--epochs", "0"], "--epochs"),
+        "bad device": (["--backbone", fc, "--images", images, "--device", "tpu9"], "--device"),
+        "no backbone": (["--images", images], "--backbone is required"),
     }
 
 
@@ -432,7 +435,7 @@ def test_guard_keeps_a_random_base_finite_at_the_default_lr(tmp_path, capsys):
         img[18:54, 30:70] = rng.integers(150, 255, 3, dtype=np.uint8)
         Image.fromarray(img).save(images / f"{i:02d}.png")
     common = ["pul", "train", "--no-progress", "--workers", "0", "--input-size", "64", "--batch-size", "8",
-              "--epochs", "3", "--base", "random", "--images", images]
+              "--epochs", "3", "--backbone", "random", "--images", images]
     rc, _, err = run(capsys, *common, "--grad-clip", "0", "--warmup-steps", "0", "--out", tmp_path / "bad.safetensors",
                      "--log-dynamics", tmp_path / "bad.csv")
     assert rc == 2 and "non-finite" in err
@@ -452,9 +455,19 @@ def test_guard_keeps_a_random_base_finite_at_the_default_lr(tmp_path, capsys):
 def test_bf16_training_runs_and_is_recorded(tmp_path, capsys, bases):
     images = make_images(tmp_path / "images", n=4)
     out = tmp_path / "bf16.safetensors"
-    rc, _, err = run(capsys, *TRAIN, "--base", bases["fc"], "--images", images, "--precision", "bf16", "--out", out)
+    rc, _, err = run(capsys, *TRAIN, "--backbone", bases["fc"], "--images", images, "--precision", "bf16", "--out", out)
     assert rc == 0, err
     _, meta = read_checkpoint(out)
     assert meta["precision"] == "bf16"
-    rc, _, err = run(capsys, *TRAIN, "--base", bases["fc"], "--images", images, "--grad-clip", "-1", "--out", tmp_path / "x.safetensors")
-    assert rc == 2 and err.startswith("error: --grad-clip")
+    with pytest.raises(SystemExit) as refused:  # the shared option's validator: argparse's usage and error
+        main([*map(str, TRAIN), "--backbone", str(bases["fc"]), "--images", str(images), "--grad-clip", "-1",
+              "--out", str(tmp_path / "x.safetensors")])
+    assert refused.value.code == 2 and "--grad-clip: must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_trainer_does_not_reach_the_harness():
+    """``discovery.pul.train`` gets its CorLoc hook as a parameter: importing it loads no harness module."""
+    code = ("import sys, discovery.pul.train, discovery.cad; "
+            "print([m for m in sys.modules if m == 'eval' or m.startswith(('eval.', 'discovery.eval'))])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

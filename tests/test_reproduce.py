@@ -67,7 +67,9 @@ def test_stopped_run_continues_to_the_same_table(quick_run, tmp_path, capsys):
 def test_python_m_eval_reproduce_is_the_same_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         eval_main(["reproduce", "--help"])
-    assert exit_info.value.code == 0 and "--quick" in capsys.readouterr().out
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0 and "--quick" in help_text
+    assert "--eval-batch-size EVAL_BATCH_SIZE eval run images per forward pass (default: 1 on CPU, 32 on GPU)" in help_text
     assert main(["reproduce", "--out", "/nonexistent-x", "--root", "/nonexistent-y"]) == 2
     assert capsys.readouterr().err == "error: --root /nonexistent-y is not a directory\n"
 
@@ -91,7 +93,7 @@ def synth(tmp_path_factory) -> Path:
 def trained(synth, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pul") / "pul.safetensors"
     code = main([
-        "pul", "train", "--base", "random", "--dataset", "voc07", "--root", str(synth), "--out", str(out),
+        "pul", "train", "--backbone", "random", "--dataset", "voc07", "--root", str(synth), "--out", str(out),
         "--epochs", "1", "--input-size", "32", "--batch-size", "4", "--lr", "0.0001", "--workers", "0", "--no-progress",
         "--log-dynamics", str(out.with_suffix(".csv")), "--eval-every", "1", "--save-every-epoch",
     ])
@@ -108,7 +110,7 @@ def test_eval_every_writes_the_corloc_column_and_plot_draws_its_panel(trained):
 
 
 def test_eval_every_needs_the_dynamics_csv(synth, tmp_path, capsys):
-    code = main(["pul", "train", "--base", "random", "--dataset", "voc07", "--root", str(synth),
+    code = main(["pul", "train", "--backbone", "random", "--dataset", "voc07", "--root", str(synth),
                  "--out", str(tmp_path / "p.safetensors"), "--eval-every", "1"])
     assert code == 2 and capsys.readouterr().err.startswith("error: --eval-every writes into the dynamics CSV")
 

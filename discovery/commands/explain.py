@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import options
 from .. import viz
-from ..cli import ImageLoop, add_backbone_args
 from ..examples import EXAMPLES, example_path
 from ..explain import DEFAULT_THRESHOLD, METHODS, CamResult, Explainer
 from ..localizer import DEFAULT_MAX_SIDE, Localizer
 from ..sanity import plot_sanity, sanity_check
-from .locate import unique_path
+from .common import RANDOM_NOTE, ImageLoop, OverlayNames, with_random_fallback
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="explain what the network looked at (Grad-CAM / EigenCAM)")
     p.add_argument("images", nargs="*", metavar="IMAGE")
     p.add_argument("--example", action="append", default=[], choices=sorted(EXAMPLES), help="also explain a bundled example photo (repeatable)")
-    add_backbone_args(p)
+    options.add_model(p)
     p.add_argument("--method", default="gradcam", choices=METHODS, help="saliency method (default gradcam)")
     p.add_argument(
         "--target", default=None, metavar="CLASS",
@@ -38,11 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "headless backbones explain the pooled-feature norm)",
     )
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"CAM box threshold, fraction of the map's max (default {DEFAULT_THRESHOLD})")
-    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="shrink larger images to this side first (0: never)")
-    p.add_argument("--out-dir", type=Path, default=None, help="write <name>_<method>.png overlays (heat map + CAM box) here")
+    options.add_max_side(p, DEFAULT_MAX_SIDE)
+    p.add_argument("--out-dir", type=Path, default=None, help="write <image>_<backbone>_<method>.png overlays (heat map + CAM box) here")
     p.add_argument("--sanity-check", action="store_true", help="randomise layers top-down and report how the map changes")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="with --sanity-check: save the maps and metrics as a figure")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sanity check's re-initialisation (default 0)")
+    options.add_seed(p, 0, "the sanity check's re-initialisation")
     p.set_defaults(run=run)
 
 
@@ -54,8 +54,6 @@ def cam_overlay(rgb: np.ndarray, res: CamResult) -> np.ndarray:
 def _check_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.max_side < 0:
-        raise ValueError(f"--max-side must be positive (0: never shrink), got {args.max_side}")
     if args.plot is not None:
         if not args.sanity_check:
             raise ValueError("--plot needs --sanity-check")
@@ -69,10 +67,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--out-dir {args.out_dir}: not a directory")
 
 
-def _plot_path(plot: Path, image: str, several: bool, taken: set[Path]) -> Path:
-    if not several:
-        return plot
-    return unique_path(plot.parent, f"{plot.stem}_{Path(image).stem}", plot.suffix, taken)
+def _plot_path(plot: Path, image: str, backbone: str, several: bool, names: OverlayNames) -> Path:
+    """``--plot`` itself for one image; for several, one file each by the overlay naming rule."""
+    return names(image, backbone, plot.stem, plot.suffix) if several else plot
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,18 +77,21 @@ def run(args: argparse.Namespace) -> int:
     images = list(args.images) + [str(example_path(name)) for name in args.example]
     if not images:
         raise ValueError("give at least one IMAGE or --example NAME")
-    localizer = Localizer(
-        args.backbone, device=args.device, stride=args.stride, max_side=args.max_side or None, weights_dir=args.weights_dir,
-    )
+    def build(name: str) -> Localizer:
+        return Localizer(name, device=args.device, stride=args.stride, max_side=args.max_side or None, weights_dir=args.weights_dir)
+
+    # Bundled examples alone are a demo: like `discovery demo`, they run (labelled) without weights.
+    localizer = with_random_fallback(build, args.backbone) if not args.images else build(args.backbone)
     info = localizer.backbone.info
     if info.is_random:
-        print("note: backbone 'random' is a pipeline check, not a model", file=sys.stderr)
+        print(RANDOM_NOTE, file=sys.stderr)
     explainer = Explainer(localizer, threshold=args.threshold)
     explainer.check(args.method, args.target)  # a bad --target fails once, before any image
     for folder in (args.out_dir, args.plot.parent if args.plot else None):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    written, plots = set(), set()
+    overlays = OverlayNames(args.out_dir) if args.out_dir else None
+    plots = OverlayNames(args.plot.parent) if args.plot else None
     loop = ImageLoop(images, localizer.prepare)
     for image, prepared in loop:
         if args.sanity_check:
@@ -100,15 +100,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             res = explainer(prepared, method=args.method, target=args.target)
         record = {"image": image, **res.to_json(), "backbone": info.name, "weights_sha256": info.sha256}
-        if args.out_dir:
-            out = unique_path(args.out_dir, Path(image).stem, f"_{args.method}.png", written)
+        if overlays:
+            out = overlays(image, info.name, args.method)
             Image.fromarray(cam_overlay(prepared.rgb, res)).save(out)
             record["overlay"] = str(out)
         if args.sanity_check:
             record["sanity"] = [s.to_json() for s in report.steps]
             print(f"sanity check, {image} ({args.method}, target {res.target_name}):\n{report.table()}", file=sys.stderr)
             if args.plot:
-                path = _plot_path(args.plot, image, len(images) > 1, plots)
+                path = _plot_path(args.plot, image, info.name, len(images) > 1, plots)
                 plot_sanity(report, prepared.rgb, path)
                 record["plot"] = str(path)
         print(json.dumps(record), flush=True)

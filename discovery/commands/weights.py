@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import options
 from .. import weights as W
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="list, fetch, verify and locate weights files")
-    p.add_argument("--weights-dir", type=Path, default=None, help="default: $DISCOVERY_WEIGHTS_DIR, a checkout's weights/, else the torch hub cache")
+    options.add_weights_dir(p)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="what is known and what is present").set_defaults(run=list_weights)
     fetch = actions.add_parser("fetch", help="download weights (needs a network)")

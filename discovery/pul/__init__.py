@@ -23,8 +23,10 @@ Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) training uses DDP (gloo on 
 labels, data order and augmentation are pure functions of the seed, every rank computes them
 identically, and only rank 0 writes files.
 
-Modules: :mod:`.config` (options), :mod:`.data` (image lists, labels, batches), :mod:`.model`
-(networks and losses), :mod:`.checkpoint` (files), :mod:`.dynamics` (CSV and plot), :mod:`.train`.
+Modules: :mod:`.config` (options), :mod:`.data` (image lists, labels, the dataset), :mod:`.model`
+(networks and losses), :mod:`.checkpoint` (files), :mod:`.dynamics` (CSV and plot), :mod:`.train`
+(PUL's part of the training loop shared with LOST+CAD, :mod:`discovery.training`), :mod:`.evidence`
+with :mod:`.measures` and :mod:`.figures` (``pul evidence``).
 """
 
 from ..splits import DATASETS

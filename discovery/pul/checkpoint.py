@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..precision import precision_record
+from ..provenance import git_revision
 from .data import labels_digest, resize_side
 from .model import HEADLESS_CLASSES, TRAIN_STRIDE
 
 if TYPE_CHECKING:
-    from ..backbones import Backbone
+    from ..backbone import Backbone
     from ..distributed import DistContext
     from .config import PULConfig
     from .data import ImageList
@@ -39,6 +40,7 @@ def metadata(
         "kind": "pul",
         "library_version": __version__,
         "torch_version": torch.__version__,
+        "git_revision": git_revision(),
         "base": {
             "name": config.base,
             "sha256": base.info.sha256,

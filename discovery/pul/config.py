@@ -10,7 +10,7 @@ import torch
 
 from ..distributed import DistContext
 from ..splits import DATASETS
-from ..trainstate import state_path
+from ..training import Control, check_control
 from .data import PULError
 
 # Config fields that change the trained weights: a resume file must agree on all of them.
@@ -39,7 +39,7 @@ class PULConfig:
         lr_decay: SHOT's schedule ``lr * (1 + 10 p)^-0.75`` with ``p`` = progress in [0, 1]; off: constant.
         grad_clip: the stability guard: the global L2 norm of all gradients is clipped to this
             before each step (0: off). warmup_steps: the learning rate rises linearly over this
-            many first steps (0: off). See :func:`~discovery.pul.model.clip_gradients` and
+            many first steps (0: off). See :func:`~discovery.training.clip_gradients` and
             :func:`~discovery.pul.model.lr_factor`.
         precision: ``fp32``, or ``bf16`` autocast for the forward passes (GPUs); tf32: let CUDA
             fp32 math use TensorFloat-32 (off: IEEE fp32).
@@ -123,36 +123,22 @@ def validate(config: PULConfig, dist: DistContext) -> None:
     """Refuse bad numbers and file conflicts before anything expensive (raises :class:`PULError`,
     ``FileExistsError`` or ``FileNotFoundError``, one line each)."""
     checks = [
+        (bool(config.base), "--backbone is required: the base to refine (e.g. imagenet)"),
         (config.classes >= 2, f"--classes must be at least 2 (got {config.classes}): one class gives a constant loss"),
         (config.epochs >= 1, f"--epochs must be at least 1 (got {config.epochs})"),
-        (config.batch_size >= 1, f"--batch-size must be at least 1 (got {config.batch_size})"),
         (config.temperature > 0, f"--temperature must be positive (got {config.temperature})"),
         (config.kl_weight >= 0, f"--kl-weight must be >= 0 (got {config.kl_weight})"),
         (config.lr > 0, f"--lr must be positive (got {config.lr})"),
-        (config.grad_clip >= 0, f"--grad-clip must be >= 0 (0: off; got {config.grad_clip})"),
         (config.warmup_steps >= 0, f"--warmup-steps must be >= 0 (0: off; got {config.warmup_steps})"),
         (config.precision in TRAIN_PRECISIONS, f"--precision must be one of {', '.join(TRAIN_PRECISIONS)} (got {config.precision})"),
         (config.input_size >= 32, f"--input-size must be at least 32 pixels (got {config.input_size})"),
-        (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})"),
-        (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1 (got {config.checkpoint_every})"),
-        (config.stop_after is None or config.stop_after >= 1, f"--stop-after must be at least 1 (got {config.stop_after})"),
         (config.eval_every is None or config.eval_every >= 1, f"--eval-every must be at least 1 (got {config.eval_every})"),
         (config.probe_size >= 1, f"probe size must be at least 1 (got {config.probe_size})"),
-        (config.batch_size % dist.world_size == 0,
-         f"--batch-size {config.batch_size} (the global batch) must be a multiple of the {dist.world_size} processes"),
         ((config.images is None) != (config.dataset is None), "give exactly one of --images DIR or --dataset NAME --root DIR"),
         (config.dataset is None or config.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {config.dataset})"),
         (config.dataset is None or config.root is not None, "--dataset needs --root DIR"),
-        (Path(config.out).suffix == ".safetensors", f"--out must end in .safetensors (got {config.out})"),
     ]
     for ok, message in checks:
         if not ok:
             raise PULError(message)
-    out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    state = state_path(out)
-    if config.resume and not state.is_file():
-        raise FileNotFoundError(f"nothing to resume: {state} does not exist")
-    if state.exists() and not config.resume and not config.overwrite:
-        raise FileExistsError(f"{state} is left from an interrupted run; pass --resume to continue it or --overwrite to start over")
+    check_control(Control.of(config), dist, PULError)

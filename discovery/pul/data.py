@@ -5,7 +5,7 @@ image list, never of the process, the worker or the batch order. That is what ma
 reproducible on CPU, resumable in the middle of an epoch, and identical across DDP ranks:
 
 - label of image ``i``: the ``i``-th draw of a generator seeded from ``seed`` (:func:`random_labels`);
-- order of epoch ``e``: a permutation seeded from ``(seed, "order", e)`` (:func:`epoch_order`);
+- order of epoch ``e``: a permutation seeded from ``(seed, "order", e)`` (:func:`discovery.training.epoch_order`);
 - augmentation of image ``i`` in epoch ``e``: a generator seeded from ``(seed, "augment", e, i)``.
 
 No annotation file is ever opened: with ``--dataset`` only the split's image list is used.
@@ -14,8 +14,7 @@ No annotation file is ever opened: with ``--dataset`` only the split's image lis
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,23 +25,13 @@ from torch.utils.data import Dataset
 
 from ..images import ImageError, decode
 from ..splits import DatasetError, image_paths
+from ..training import generator
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 class PULError(ValueError):
     """A PUL input or configuration problem a user can fix; ``str(err)`` is one line."""
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed for the stream named by ``keys`` (stable across processes and platforms)."""
-    text = repr((int(seed), *keys)).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
-
-
-def generator(seed: int, *keys: object) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded with :func:`derive_seed`."""
-    return torch.Generator().manual_seed(derive_seed(seed, *keys))
 
 
 @dataclass(frozen=True)
@@ -131,45 +120,6 @@ def labels_digest(labels: torch.Tensor) -> str:
     return hashlib.sha256(labels.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
 
 
-def epoch_order(indices: Sequence[int], seed: int, epoch: int) -> list[int]:
-    """The order of ``indices`` (the usable images' positions) in ``epoch``: a seeded permutation."""
-    perm = torch.randperm(len(indices), generator=generator(seed, "order", epoch)).tolist()
-    return [int(indices[j]) for j in perm]
-
-
-def padded_length(n: int, world_size: int) -> int:
-    """``n`` rounded up to a multiple of ``world_size`` (DistributedSampler's padding)."""
-    return math.ceil(n / world_size) * world_size
-
-
-def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
-    """Optimizer steps in one epoch over ``n`` images (the last batch may be smaller)."""
-    return math.ceil(padded_length(n, world_size) / batch_size)
-
-
-def rank_batches(
-    indices: Sequence[int], seed: int, epoch: int, batch_size: int,
-    rank: int = 0, world_size: int = 1, start: int = 0,
-) -> list[list[tuple[int, int]]]:
-    """This rank's batches of ``(image index, epoch)`` keys for ``epoch``, from global batch ``start`` on.
-
-    ``batch_size`` is the global batch: global batch ``b`` is ``order[b*B:(b+1)*B]`` and rank ``r``
-    takes its elements ``r, r+W, ...``. The order is padded by wrapping around to a multiple of the
-    world size so every rank gets the same number of images (a single process is never padded).
-    With ``B`` a multiple of ``W``, every rank's share of every batch has the same size, so the
-    DDP-averaged gradient is the gradient of the global batch.
-    """
-    n = len(indices)
-    order = epoch_order(indices, seed, epoch)
-    total = padded_length(n, world_size)
-    order = (order * math.ceil(total / n))[:total]
-    batches = []
-    for b in range(start, steps_per_epoch(n, batch_size, world_size)):
-        chunk = order[b * batch_size:(b + 1) * batch_size]
-        batches.append([(i, epoch) for i in chunk[rank::world_size]])
-    return batches
-
-
 def resize_side(input_size: int) -> int:
     """The square side images are resized to before cropping (ImageNet's 256/224 ratio)."""
     return round(input_size * 256 / 224)
@@ -242,16 +192,3 @@ class ScanImages(Dataset):
     def __getitem__(self, j: int) -> tuple[int, str]:
         i = self.indices[j]
         return i, self.dataset.check(i) or ""
-
-
-class BatchList:
-    """A batch sampler over precomputed batches (a list of lists of dataset keys)."""
-
-    def __init__(self, batches: list[list[tuple[int, int]]]):
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)

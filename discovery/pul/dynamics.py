@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import PULError
+from .figures import pyplot
 
 
 class DynamicsLog:
@@ -78,8 +79,6 @@ def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
     """Draw a dynamics CSV to a PNG: losses, the predicted-class shares per step (the swing
     phenomenon), the function speed (log scale, with a moving average) and, when the run was
     scored while training, CorLoc at the scored steps."""
-    from .figures import pyplot
-
     plt = pyplot()
     data = read_dynamics(csv_path)
     steps = data["step"]

@@ -9,7 +9,8 @@
   the largest ``|activation|`` over the median ``|activation|``, on the same images, for the base
   against the refined weights. The paper's claim: PUL shrinks the outliers.
 
-Figures are drawn by :mod:`discovery.pul.figures`; the command is ``discovery pul evidence``.
+The rows and cells are :mod:`discovery.pul.measures`; figures are drawn by :mod:`discovery.pul.figures`;
+the command is ``discovery pul evidence``.
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..backbones import Backbone, load_backbone
+from ..backbone import Backbone
+from ..backbones import load_backbone
 from ..explain import gradcam_map, normalize, upsample
+from ..files import write_text_atomic
 from ..images import PreparedImage, prepare
-from ..weights import load_file, parse_backbone_name
+from ..names import parse_backbone_name
+from ..weights import load_file
 from .data import ImageList, PULError, random_labels
+from .figures import draw_cam_grid, draw_stats, pyplot
+from .measures import STAGES, CamCell, StageStats
 from .model import Projector, projector_from_state
 
-STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 #: trunk index whose output each stage is (conv1, bn1, relu, maxpool, layer1..layer4)
 STAGE_INDEX = {"conv1": 2, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
 TOP = 4
@@ -45,33 +49,6 @@ class Checkpoint:
     backbone: Backbone
     projector: Projector | None
     metadata: dict
-
-
-@dataclass(frozen=True)
-class StageStats:
-    """One stage of one checkpoint over all images: ``max_abs`` the largest ``|a|``, ``median_abs``
-    the median ``|a|`` over the non-zero activations (post-ReLU zeros are switched-off units, and
-    would make the median 0), ``ratio`` = max / median, ``zero_fraction``, ``top`` the 4 largest ``|a|``."""
-
-    checkpoint: str
-    stage: str
-    max_abs: float
-    median_abs: float
-    ratio: float
-    zero_fraction: float
-    top: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class CamCell:
-    """One Grad-CAM: ``cam`` ``(H, W)`` float32 in [0, 1] over ``image`` (an index into the picked
-    images), for projector ``label``; ``assigned`` whether it is the image's random label."""
-
-    checkpoint: str
-    image: int
-    label: int
-    assigned: bool
-    cam: np.ndarray
 
 
 def load_checkpoint(name: str, stride: int = 32, device: str = "cpu", weights_dir: Path | None = None) -> Checkpoint:
@@ -127,10 +104,9 @@ def cam_grid(checkpoint: Checkpoint, images: list[PreparedImage], labels: list[i
     cells = []
     for index, (image, label) in enumerate(zip(images, labels)):
         acts = _features(checkpoint.backbone, image)
-        cell = (image.tensor.shape[-2] / acts.shape[-2], image.tensor.shape[-1] / acts.shape[-1])
         for target, assigned in ((label, True), ((label + 1) % classes, False)):
             raw = gradcam_map(acts, lambda a, t=target: checkpoint.projector(a.mean(dim=(1, 2))[None])[0, t])
-            cam = normalize(upsample(raw, image.size, cell))
+            cam = normalize(upsample(raw, image.geometry))
             cells.append(CamCell(checkpoint.label, index, target, assigned, cam))
     return cells
 
@@ -195,17 +171,13 @@ PIPELINE_NOTE = "pipeline check, not a result: random-init weights"
 
 
 def write_evidence(
-    names: list[str], images: ImageList, out: Path, count: int = 4, max_side: int = 512, stride: int = 32,
+    names: list[str], images: ImageList, out: Path, count: int = 4, max_side: int | None = 512, stride: int = 32,
     device: str = "cpu", weights_dir: Path | None = None, plot: bool = True,
 ) -> dict[str, Path]:
     """Load every checkpoint in ``names`` (base first, then e.g. ``OUT.epoch0..N.safetensors``), pick
     ``count`` of the training ``images`` and write into ``out``: ``activations.md`` / ``.csv``, and
     with ``plot`` ``activations.png`` and ``gradcam_grid.png``. Returns the written paths by name."""
-    from ..files import write_text_atomic
-
     if plot:
-        from .figures import pyplot
-
         pyplot(" (or --no-plot)")  # fail before the expensive part when matplotlib is missing
     checkpoints = [load_checkpoint(n, stride, device, weights_dir) for n in names]
     labels, classes = training_labels(checkpoints, images)
@@ -225,8 +197,6 @@ def write_evidence(
     write_text_atomic(written["activations.md"], stats_markdown(stats, note))
     write_text_atomic(written["activations.csv"], stats_csv(stats))
     if plot:
-        from .figures import draw_cam_grid, draw_stats
-
         written["activations.png"] = draw_stats(stats, out / "activations.png", note)
         if cells:
             written["gradcam_grid.png"] = draw_cam_grid(cells, [p.rgb for p in inputs], out / "gradcam_grid.png", note)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import PULError
-from .evidence import STAGES, CamCell, StageStats
+from .measures import STAGES, CamCell, StageStats
 
 
 def pyplot(hint: str = ""):

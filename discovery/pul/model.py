@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import PROJECTOR_PREFIX, Backbone, BackboneInfo, backbone_from_state
-from .data import PULError, derive_seed
+from ..backbone import Backbone, BackboneInfo
+from ..backbones import PROJECTOR_PREFIX
+from ..resnet import backbone_from_state
+from ..training import derive_seed
+from .data import PULError
 
 if TYPE_CHECKING:
     from .config import PULConfig
@@ -109,36 +111,11 @@ def function_speed(after: torch.Tensor, before: torch.Tensor) -> float:
     ))
 
 
-def check_finite(student: nn.Module, step: int, state_file: Path) -> None:
-    """Raise :class:`PULError` if any trained weight is NaN or infinite (a diverged run)."""
-    with torch.no_grad():
-        if not all(bool(torch.isfinite(p).all()) for p in student.parameters()):
-            raise PULError(
-                f"the weights became non-finite by step {step}; lower --lr "
-                f"(the last good state, if any, is {state_file})"
-            )
-
-
 def lr_factor(step: int, total_steps: int, decay: bool, warmup_steps: int = 0) -> float:
     """SHOT's schedule ``(1 + 10 * step / total)^-0.75`` (1 when ``decay`` is off), times the
     linear warm-up ``min(1, (step + 1) / warmup_steps)`` (none when ``warmup_steps`` is 0)."""
     factor = (1 + 10 * step / max(1, total_steps)) ** -0.75 if decay else 1.0
     return factor * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else factor
-
-
-def clip_gradients(student: nn.Module, max_norm: float) -> float:
-    """Scale the gradients so their global L2 norm is at most ``max_norm`` (0: leave them);
-    return the norm before clipping. Under DDP the gradients are already averaged, so every rank
-    clips identically. The norm is accumulated in float64, so the scale factor does not depend on
-    how many threads summed it (a resumed run in another process must take the same steps)."""
-    params = [p for p in student.parameters() if p.grad is not None]
-    norms = torch.stack([torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in params])
-    total = float(torch.linalg.vector_norm(norms))
-    if 0 < max_norm < total:
-        scale = max_norm / total
-        for p in params:
-            p.grad.mul_(scale)
-    return total
 
 
 def make_optimizer(student: PULStudent, config: PULConfig) -> torch.optim.SGD:

@@ -1,63 +1,48 @@
-"""The PUL training run: data, resume, DDP, the optimisation loop, and the checkpoint at the end."""
+"""The PUL training run: the data, the networks and one step's loss, run by :func:`discovery.training.run`
+(resume, DDP, the loop, the checkpoint at the end)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import random
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..backbones import PROJECTOR_PREFIX, Backbone, check_device, load_backbone
-from ..distributed import DistContext, from_env, join, teardown
+from ..backbone import Backbone, check_device
+from ..backbones import PROJECTOR_PREFIX, load_backbone
+from ..distributed import DistContext, from_env
 from ..precision import fp32_math
-from ..trainstate import (
-    parallel,
-    restore,
-    rng_state,
-    save_checkpoint,
-    save_state,
-    state_path,
-)
+from ..trainstate import save_checkpoint
+from ..training import Control, Outcome, Say, StepLoss, Trainer, generator, joined, reporter, run, steps_per_epoch
 from .checkpoint import STATE_FORMAT, epoch_path, metadata
 from .config import TRAIN_PRECISIONS, PULConfig, PULResult, validate
 from .data import (
-    BatchList,
     ImageList,
     PULError,
     PULImages,
     ScanImages,
-    derive_seed,
-    generator,
     labels_digest,
     list_dataset,
     list_folder,
     random_labels,
-    rank_batches,
-    steps_per_epoch,
 )
 from .dynamics import DynamicsLog
 from .model import (
     TRAIN_STRIDE,
     build_models,
-    check_finite,
     checkpoint_state,
-    clip_gradients,
     distill_kl,
     function_speed,
-    lr_factor,
     make_optimizer,
     projector_state,
     student_backbone,
 )
+from .model import lr_factor as shot_schedule
 
 #: LOST's output stride: the backbone handed to ``evaluate`` runs dilated, as ``eval run`` does.
 EVAL_STRIDE = 16
@@ -82,14 +67,7 @@ def scan(dataset: PULImages, images: ImageList, workers: int, dist: DistContext)
     return [i for i in range(len(images)) if i not in bad_set], [images.relative[i] for i in bad]
 
 
-def _seed_worker(seed: int, worker_id: int) -> None:
-    value = derive_seed(seed, "worker", worker_id)
-    torch.manual_seed(value)
-    np.random.seed(value % 2**32)
-    random.seed(value)
-
-
-def train(config: PULConfig, log: Callable[[str], None] | None = None, evaluate: Evaluate | None = None) -> PULResult:
+def train(config: PULConfig, log: Say | None = None, evaluate: Evaluate | None = None) -> PULResult:
     """Run PUL as configured; return a :class:`PULResult`.
 
     Writes ``config.out`` (safetensors, torchvision key names, JSON metadata under ``discovery``)
@@ -100,28 +78,30 @@ def train(config: PULConfig, log: Callable[[str], None] | None = None, evaluate:
     ``evaluate(steps_done, backbone)``: with ``config.eval_every``, called on rank 0 after every
     ``eval_every``-th update and after the last one with a frozen copy of the student's trunk at
     LOST's stride 16 on the training device; the number it returns (e.g. CorLoc) is written into
-    the dynamics CSV's ``corloc`` column on that step's row. The other ranks wait meanwhile.
+    the dynamics CSV's ``corloc`` column on that step's row. The other ranks wait meanwhile. The
+    command line builds it from the harness (``discovery.eval.monitor.corloc_hook``).
 
     Raises:
         PULError, FileExistsError, FileNotFoundError, discovery.weights.WeightsError: one-line
         user errors (bad options, no images, unloadable base, a resume file from another run).
     """
     dist = from_env(config.device)
-    say = (log or (lambda msg: print(msg, file=sys.stderr))) if dist.is_main else (lambda msg: None)
-    out = Path(config.out).expanduser()
-    config = dataclasses.replace(config, out=out)
+    say = reporter(log, dist)
+    config = dataclasses.replace(config, out=Path(config.out).expanduser())
     validate(config, dist)
     device = check_device(dist.device)
     images = image_list(config)
     base = load_backbone(config.base, device="cpu", stride=TRAIN_STRIDE, weights_dir=config.weights_dir)
     if base.info.is_random:
         say("note: base 'random' is a pipeline check, not a model")
-    started = join(dist)
-    try:
-        return _train(config, dist, device, images, base, say, evaluate if config.eval_every else None)
-    finally:
-        if started:
-            teardown(dist)
+    with joined(dist):
+        trainer = PULTrainer(config, dist, device, images, base, say, evaluate if config.eval_every else None)
+        try:
+            done = run(trainer, Control.of(config), dist, device, say)
+        finally:
+            trainer.close()
+    return PULResult(done.out, done.state, done.steps, done.total_steps, len(trainer.usable), tuple(trainer.skipped),
+                     done.metadata)
 
 
 def losses(
@@ -170,142 +150,100 @@ class Probe:
         self.log.write(step, epoch, ce, kl, loss, lr, [int(v) for v in sums[2:]], speed, grad_norm, corloc)
 
 
-def _train(
-    config: PULConfig, dist: DistContext, device: torch.device, images: ImageList, base: Backbone, say,
-    evaluate: Evaluate | None,
-) -> PULResult:
-    out = config.out
-    state_file = state_path(out)
-    labels = random_labels(len(images), config.classes, config.seed)
-    digests = dist.all_gather(labels_digest(labels))
-    if len(set(digests)) != 1:
-        raise RuntimeError("ranks disagree on the random labels")
-    dataset = PULImages(images, labels, config.input_size, base.mean, base.std, config.seed)
-    usable, skipped = scan(dataset, images, config.workers, dist)
-    if not usable:
-        raise PULError(f"none of the {len(images)} images in {images.source} could be read (first: {skipped[0]})")
-    if skipped:
-        say(f"warning: skipping {len(skipped)} unreadable image(s) of {len(images)} (first: {skipped[0]})")
-    expected = {
-        **config.result_config(),
-        "base_sha256": base.info.sha256,
-        "fingerprint": images.fingerprint,
-        "skipped": len(skipped),
-        "world_size": dist.world_size,
-    }
+class PULTrainer(Trainer):
+    """PUL's part of the loop: random labels, the student against the frozen teacher, the
+    dynamics CSV, CorLoc while training, per-epoch checkpoints."""
 
-    student, teacher = build_models(base, config.classes, config.projector_width, config.seed)
-    layout = torch.channels_last
-    student = student.to(device, memory_format=layout)
-    teacher = teacher.to(device, memory_format=layout)
-    optimizer = make_optimizer(student, config)
-    spe = steps_per_epoch(len(usable), config.batch_size, dist.world_size)
-    total_steps = spe * config.epochs
-    step = restore(state_file, expected, STATE_FORMAT, "PUL", "student", student, optimizer, config.resume, config.overwrite, dist)
-    if config.resume:
-        say(f"resuming {state_file} at step {step} of {total_steps}")
-    model = parallel(student, device, dist)
+    name, label, state_format, model_key, error = "PUL", "pul train", STATE_FORMAT, "student", PULError
+    epoch_checkpoints = True
 
-    probe = None
-    if config.log_dynamics is not None and dist.is_main:
-        chosen = torch.randperm(len(usable), generator=generator(config.seed, "probe"))[: config.probe_size].tolist()
-        batch = torch.stack([dataset[(usable[j], -1)][0] for j in chosen]).to(device, memory_format=layout)
-        probe = Probe(DynamicsLog(config.log_dynamics, config.classes, step, evaluate is not None), student, batch)
+    def __init__(self, config: PULConfig, dist: DistContext, device: torch.device, images: ImageList, base: Backbone,
+                 say: Say, evaluate: Evaluate | None):
+        self.config, self.dist, self.device, self.images, self.base = config, dist, device, images, base
+        self.say, self.evaluate, self.probe = say, evaluate, None
+        self.labels = random_labels(len(images), config.classes, config.seed)
+        if len(set(dist.all_gather(labels_digest(self.labels)))) != 1:
+            raise RuntimeError("ranks disagree on the random labels")
+        self.dataset = PULImages(images, self.labels, config.input_size, base.mean, base.std, config.seed)
+        self.usable, self.skipped = scan(self.dataset, images, config.workers, dist)
+        if not self.usable:
+            raise PULError(f"none of the {len(images)} images in {images.source} could be read (first: {self.skipped[0]})")
+        if self.skipped:
+            say(f"warning: skipping {len(self.skipped)} unreadable image(s) of {len(images)} (first: {self.skipped[0]})")
+        self.expected = {
+            **config.result_config(), "base_sha256": base.info.sha256, "fingerprint": images.fingerprint,
+            "skipped": len(self.skipped), "world_size": dist.world_size,
+        }
+        student, teacher = build_models(base, config.classes, config.projector_width, config.seed)
+        self.model = student.to(device, memory_format=torch.channels_last)
+        self.teacher = teacher.to(device, memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, config)
+        self.steps_per_epoch = steps_per_epoch(len(self.usable), config.batch_size, dist.world_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
 
-    def save_epoch(at: int) -> None:
-        if config.save_every_epoch and dist.is_main and at % spe == 0:
-            meta = {**metadata(config, base, images, skipped, labels, at, dist), "epoch": at // spe, "projector_prefix": PROJECTOR_PREFIX}
-            weights = {**checkpoint_state(student, base), **projector_state(student)}
-            save_checkpoint(epoch_path(out, at // spe), weights, meta)
+    def lr_factor(self, step: int) -> float:
+        return shot_schedule(step, self.total_steps, self.config.lr_decay, self.config.warmup_steps)
 
-    def write_state(at: int) -> None:
-        check_finite(student, at, state_file)
-        save_epoch(at)
-        if dist.is_main:
-            save_state(state_file, {
-                "format": STATE_FORMAT, "config": expected, "step": at, "epoch": at // spe,
-                "student": {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "rng": rng_state(), "skipped": list(skipped),
-            })
-        dist.barrier()
+    def loss(self, net: nn.Module, batch: Any) -> StepLoss:
+        x, y, _ = batch
+        x = x.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        y = y.to(self.device, non_blocking=True)
+        loss, ce, kl, logits = losses(net, self.teacher, x, y, self.config)
+        return StepLoss(loss, {"ce": ce, "kl": kl}, len(y), extra=logits)
 
-    def score(done: int) -> float | None:
+    def backward(self, loss: torch.Tensor) -> None:
+        with fp32_math(self.config.tf32):
+            loss.backward()
+
+    def begin(self, step: int) -> None:
+        config = self.config
+        if config.log_dynamics is not None and self.dist.is_main:
+            chosen = torch.randperm(len(self.usable), generator=generator(config.seed, "probe"))[: config.probe_size].tolist()
+            batch = torch.stack([self.dataset[(self.usable[j], -1)][0] for j in chosen])
+            log = DynamicsLog(config.log_dynamics, config.classes, step, self.evaluate is not None)
+            self.probe = Probe(log, self.model, batch.to(self.device, memory_format=torch.channels_last))
+        if step == 0:
+            self.save_epoch(0)
+
+    def after_step(self, step: int, result: StepLoss, grad_norm: float) -> None:
+        corloc = self.score(step + 1)
+        if self.config.log_dynamics is not None:
+            sums = self.dist.all_reduce_sum(batch_sums(result.terms["ce"], result.terms["kl"], result.extra, self.config.classes))
+            if self.probe is not None:
+                lr = self.optimizer.param_groups[-1]["lr"]
+                self.probe.record(step, step // self.steps_per_epoch, sums, lr, grad_norm, self.config, corloc)
+
+    def state(self, step: int) -> dict[str, Any]:
+        self.save_epoch(step)
+        return {"skipped": list(self.skipped)}
+
+    def output(self, done: Outcome) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        meta = self.metadata(done.steps)
+        meta["throughput"] = {"images_per_s": done.images_per_s, "device": str(self.device),
+                              "of_this_process": "steps run since the last start"}
+        return checkpoint_state(self.model, self.base), meta
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.log.close()
+
+    def metadata(self, steps: int) -> dict[str, Any]:
+        return metadata(self.config, self.base, self.images, self.skipped, self.labels, steps, self.dist)
+
+    def save_epoch(self, at: int) -> None:
+        """``OUT.epochK.safetensors`` after ``at`` steps when that ends epoch K and they are asked for."""
+        spe = self.steps_per_epoch
+        if self.config.save_every_epoch and self.dist.is_main and at % spe == 0:
+            meta = {**self.metadata(at), "epoch": at // spe, "projector_prefix": PROJECTOR_PREFIX}
+            weights = {**checkpoint_state(self.model, self.base), **projector_state(self.model)}
+            save_checkpoint(epoch_path(self.config.out, at // spe), weights, meta)
+
+    def score(self, done: int) -> float | None:
         """``evaluate``'s number after ``done`` updates when one is due (rank 0), else ``None``."""
-        if evaluate is None or not dist.is_main or (done % config.eval_every and done != total_steps):
+        config = self.config
+        if self.evaluate is None or not self.dist.is_main or (done % config.eval_every and done != self.total_steps):
             return None
         with torch.random.fork_rng(devices=[]):  # building the copy draws an init: keep the run's RNG untouched
-            value = float(evaluate(done, student_backbone(student, base, done, EVAL_STRIDE, device)))
-        say(f"step {done}: CorLoc {value:.2f}")
+            value = float(self.evaluate(done, student_backbone(self.model, self.base, done, EVAL_STRIDE, self.device)))
+        self.say(f"step {done}: CorLoc {value:.2f}")
         return value
-
-    if step == 0:
-        save_epoch(0)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (dist.is_main and config.progress), dynamic_ncols=True)
-    seen, clock = 0, time.perf_counter()
-    stopped = False
-    try:
-        while step < total_steps and not stopped:
-            epoch, start = divmod(step, spe)
-            batches = rank_batches(usable, config.seed, epoch, config.batch_size, dist.rank, dist.world_size, start)
-            loader = DataLoader(
-                dataset, batch_sampler=BatchList(batches), num_workers=config.workers,
-                worker_init_fn=functools.partial(_seed_worker, derive_seed(config.seed, "workers", epoch, start, dist.rank)),
-                generator=generator(config.seed, "loader", epoch), pin_memory=device.type == "cuda",
-            )
-            for x, y, _ in loader:
-                x = x.to(device, non_blocking=True, memory_format=layout)
-                y = y.to(device, non_blocking=True)
-                factor = lr_factor(step, total_steps, config.lr_decay, config.warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * factor
-                loss, ce, kl, logits = losses(model, teacher, x, y, config)
-                bad = dist.all_reduce_sum(torch.isfinite(loss.detach()).logical_not().double().reshape(1))
-                if bad.item():
-                    raise PULError(
-                        f"the loss became non-finite at step {step} (CE {ce.item():.4g}, KL {kl.item():.4g}); "
-                        f"lower --lr (the last saved state is {state_file})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                with fp32_math(config.tf32):
-                    loss.backward()
-                grad_norm = clip_gradients(student, config.grad_clip)
-                optimizer.step()
-
-                corloc = score(step + 1)
-                if config.log_dynamics is not None:
-                    sums = dist.all_reduce_sum(batch_sums(ce, kl, logits, config.classes))
-                    if probe is not None:
-                        probe.record(step, epoch, sums, optimizer.param_groups[-1]["lr"], grad_norm, config, corloc)
-                step += 1
-                seen += len(y) * dist.world_size
-                bar.update(1)
-                bar.set_postfix(ce=f"{ce.item():.3f}", kl=f"{kl.item():.2e}", img_s=f"{seen / (time.perf_counter() - clock):.1f}")
-                stop = config.stop_after is not None and step >= config.stop_after
-                if stop or step % config.checkpoint_every == 0 or step % spe == 0:
-                    write_state(step)
-                if stop:
-                    stopped = step < total_steps
-                    break
-    finally:
-        bar.close()
-        if probe is not None:
-            probe.log.close()
-
-    elapsed = time.perf_counter() - clock
-    speed = round(seen / elapsed, 2) if seen and elapsed > 0 else 0.0
-    say(f"trained at {speed} images/s ({seen} images in {elapsed:.1f} s, {device}, {config.precision})")
-    if stopped:
-        say(f"stopped after step {step} of {total_steps}; continue with --resume (state: {state_file})")
-        return PULResult(None, state_file, step, total_steps, len(usable), tuple(skipped))
-    check_finite(student, step, state_file)
-    meta = metadata(config, base, images, skipped, labels, step, dist)
-    meta["throughput"] = {"images_per_s": speed, "device": str(device), "of_this_process": "steps run since the last start"}
-    if dist.is_main:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out, checkpoint_state(student, base), meta)
-        state_file.unlink(missing_ok=True)
-    dist.barrier()
-    return PULResult(out, state_file, step, total_steps, len(usable), tuple(skipped), meta)

@@ -1,0 +1,37 @@
+"""What ``discovery pul evidence`` measures, as the tables (:mod:`discovery.pul.evidence`) and the
+figures (:mod:`discovery.pul.figures`) read it: the stages, a stage's activation statistics, one Grad-CAM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """One stage of one checkpoint over all images: ``max_abs`` the largest ``|a|``, ``median_abs``
+    the median ``|a|`` over the non-zero activations (post-ReLU zeros are switched-off units, and
+    would make the median 0), ``ratio`` = max / median, ``zero_fraction``, ``top`` the 4 largest ``|a|``."""
+
+    checkpoint: str
+    stage: str
+    max_abs: float
+    median_abs: float
+    ratio: float
+    zero_fraction: float
+    top: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CamCell:
+    """One Grad-CAM: ``cam`` ``(H, W)`` float32 in [0, 1] over ``image`` (an index into the picked
+    images), for projector ``label``; ``assigned`` whether it is the image's random label."""
+
+    checkpoint: str
+    image: int
+    label: int
+    assigned: bool
+    cam: np.ndarray
