@@ -31,7 +31,7 @@ run gpu_tests 240 "$py" -m pytest -m gpu -v -rs -p no:cacheprovider tests/test_g
 work="$(mktemp -d)"
 run training 200 "$py" -c "from pathlib import Path; from bench.run import make_voc; make_voc(Path('$work'), 1024)"
 for precision in fp32 bf16; do
-  run training 200 "$py" -m discovery pul train --base random --images "$work/VOCdevkit/VOC2007/JPEGImages" \
+  run training 200 "$py" -m discovery pul train --backbone random --images "$work/VOCdevkit/VOC2007/JPEGImages" \
     --device cuda --batch-size 64 --epochs 2 --workers 12 --precision "$precision" --no-progress --out "$work/pul-$precision.safetensors"
 done
 run training 200 "$py" -m eval run --dataset voc07 --root "$work" --backbone random --device cuda --limit 512 \

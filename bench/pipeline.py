@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from discovery.eval.datasets import Item
+from discovery.eval.loader import bucketed, decoded_stream
 from discovery.images import normalize_and_pad_batch
 from discovery.localizer import Localizer
 from discovery.lost import localize_batch
-from discovery.eval.datasets import Item
-from discovery.eval.loader import bucketed, decoded_stream
 
 
 def synchronize(device: torch.device) -> None:

@@ -14,7 +14,7 @@ from .localizer import Embedding, Localization, Localizer
 from .lost import LostResult, localize, localize_batch
 from .weights import REGISTRY, WeightsError, WeightsSpec
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Backbone",

@@ -103,7 +103,7 @@ class Backbone(nn.Module):
             return None
         out = getattr(self.fc, "out_features", None)
         if out is None:
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(self.fc):
                 out = self.fc(torch.zeros(1, self.channels, device=self.device)).shape[-1]
         return int(out)
 

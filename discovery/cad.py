@@ -34,9 +34,10 @@ from .backbone import check_device
 from .backbones import load_backbone
 from .detector import FORMAT, DetectorConfig, build_model, model_state
 from .distributed import DistContext, from_env
+from .geometry import hflip_boxes
+from .names import parse_backbone_name
 from .provenance import git_revision
 from .training import Control, Outcome, Say, StepLoss, Trainer, check_control, derive_seed, generator, joined, reporter, run
-from .names import parse_backbone_name
 
 STATE_FORMAT = "discovery-cad-state/1"
 VOC = ("voc07", "voc12")
@@ -194,9 +195,7 @@ class PseudoBoxImages(Dataset):
         box = torch.tensor([self.boxes[index]], dtype=torch.float32)
         flipped = self.flip and bool(torch.rand(1, generator=generator(self.seed, "flip", epoch, index)) < 0.5)
         if flipped:
-            width = image.shape[-1]
-            image = image.flip(-1)
-            box = torch.stack([width - box[:, 2], box[:, 1], width - box[:, 0], box[:, 3]], dim=1)
+            image, box = image.flip(-1), hflip_boxes(box, image.shape[-1])
         return image, {"boxes": box, "labels": torch.ones(1, dtype=torch.int64)}
 
 

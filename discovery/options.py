@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .resnet import STRIDES
 from .names import backbone_names
+from .resnet import STRIDES
 
 T = TypeVar("T")
 

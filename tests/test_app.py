@@ -10,13 +10,13 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
+from discovery import weights as W
 from discovery.app.choices import CHECKPOINT, backbone_choices, describe, initial_backbone, weights_problem
 from discovery.app.config import AppConfig
 from discovery.app.engine import Engine, backbone_name, parse_target
 from discovery.app.main import main
 from discovery.app.results import ResultFiles
 from discovery.app.ui import Handlers, build_demo, launch_options
-from discovery import weights as W
 from discovery.explain import EMBEDDING_TARGET, Explainer
 from discovery.localizer import Localizer
 

@@ -24,12 +24,12 @@ from safetensors.torch import save_file
 from discovery import Detector
 from discovery import weights as W
 from discovery.cli import main as discovery_main
-from discovery.provenance import git_revision
-from discovery.pul import state_path
 from discovery.eval.cli import main as eval_main
 from discovery.eval.datasets import open_dataset
 from discovery.eval.detection import detection_score
 from discovery.eval.synth import make_synthetic
+from discovery.provenance import git_revision
+from discovery.pul import state_path
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--min-size", "64", "--min-size-test", "64", "--max-size", "128", "--anchor-sizes", "16,32,64",

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from discovery.images import decode
-from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
 from discovery.eval.cli import main
 from discovery.eval.datasets import Item, open_dataset
 from discovery.eval.loader import Decoded, DecodeDataset, bucketed, decoded_stream, load_image, read_rgb
 from discovery.eval.methods import METHODS, get_method
 from discovery.eval.synth import synthetic_images
+from discovery.images import decode
+from discovery.weights import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_load_image_keeps_stored_pixel_frame_and_pads(tmp_path):

@@ -24,10 +24,6 @@ import torch
 from PIL import Image
 from torchvision.models import resnet50
 
-from discovery.explain import Explainer
-from discovery.images import normalize_and_pad
-from discovery.localizer import Localizer
-from discovery.weights import IMAGENET_MEAN, IMAGENET_STD, sha256_file
 from discovery.eval.cli import main
 from discovery.eval.datasets import open_dataset
 from discovery.eval.errors import RunError
@@ -36,6 +32,10 @@ from discovery.eval.run_options import RunOptions
 from discovery.eval.rundir import RunFolder
 from discovery.eval.runner import run
 from discovery.eval.synth import make_image, make_synthetic
+from discovery.explain import Explainer
+from discovery.images import normalize_and_pad
+from discovery.localizer import Localizer
+from discovery.weights import IMAGENET_MEAN, IMAGENET_STD, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 N_IMAGES = 8

@@ -92,7 +92,7 @@ def test_locate_and_explain_with_sanity_check_on_cuda(tmp_path, capsys, textured
 
     image = tmp_path / "img.png"
     Image.fromarray(textured_image).save(image)
-    assert main(["locate", str(image), "--backbone", "random", "--device", CUDA, "--overlay-dir", str(tmp_path / "o")]) == 0
+    assert main(["locate", str(image), "--backbone", "random", "--device", CUDA, "--out-dir", str(tmp_path / "o")]) == 0
     gpu_box = json.loads(capsys.readouterr().out)["box"]
     assert main(["locate", str(image), "--backbone", "random"]) == 0
     assert json.loads(capsys.readouterr().out)["box"] == gpu_box

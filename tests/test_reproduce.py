@@ -13,10 +13,10 @@ from PIL import Image
 
 from discovery import load_backbone
 from discovery.cli import main
-from discovery.weights import load_file
 from discovery.eval.cli import main as eval_main
 from discovery.eval.synth import make_synthetic
 from discovery.eval.table import PIPELINE_CHECK, PUBLISHED_LOST, Row, table_markdown
+from discovery.weights import load_file
 
 QUICK = ["reproduce", "--quick", "--epochs", "1", "--no-progress"]
 NUMBERS = ("base", "dataset", "lost_ours", "pul_ours", "pul_minus_lost", "pul_images", "note")

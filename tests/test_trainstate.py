@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from discovery.trainstate import remove_stale_temporaries, save_checkpoint, save_state, state_path
 from discovery.training import clip_gradients
+from discovery.trainstate import remove_stale_temporaries, save_checkpoint, save_state, state_path
 
 
 def _dead_pid() -> int:

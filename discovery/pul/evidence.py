@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..backbone import Backbone
+from ..architecture import RESNET50
+from ..backbone import Backbone, eval_mode
 from ..backbones import load_backbone
 from ..explain import gradcam_map, normalize, upsample
 from ..files import write_text_atomic
@@ -34,8 +35,8 @@ from .figures import draw_cam_grid, draw_stats, pyplot
 from .measures import STAGES, CamCell, StageStats
 from .model import Projector, projector_from_state
 
-#: trunk index whose output each stage is (conv1, bn1, relu, maxpool, layer1..layer4)
-STAGE_INDEX = {"conv1": 2, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
+#: trunk part whose output each stage's activations are
+STAGE_INDEX = {stage: RESNET50.index("relu" if stage == "conv1" else stage) for stage in STAGES}
 TOP = 4
 
 
@@ -93,7 +94,8 @@ def prepared(images: ImageList, indices: list[int], backbone: Backbone, max_side
 
 @torch.inference_mode()
 def _features(backbone: Backbone, image: PreparedImage) -> torch.Tensor:
-    return backbone(image.tensor[None].to(backbone.device))[0].float()
+    with eval_mode(backbone):
+        return backbone(image.tensor[None].to(backbone.device))[0].float()
 
 
 def cam_grid(checkpoint: Checkpoint, images: list[PreparedImage], labels: list[int], classes: int) -> list[CamCell]:
@@ -117,11 +119,12 @@ def stage_stats(checkpoint: Checkpoint, images: list[PreparedImage]) -> list[Sta
     magnitudes: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
     for image in images:
         x = image.tensor[None].to(checkpoint.backbone.device)
-        for index, module in enumerate(checkpoint.backbone.trunk):
-            x = module(x)
-            for stage, at in STAGE_INDEX.items():
-                if at == index:
-                    magnitudes[stage].append(x.abs().flatten().float().cpu())
+        with eval_mode(checkpoint.backbone):
+            for index, module in enumerate(checkpoint.backbone.trunk):
+                x = module(x)
+                for stage, at in STAGE_INDEX.items():
+                    if at == index:
+                        magnitudes[stage].append(x.abs().flatten().float().cpu())
     rows = []
     for stage in STAGES:
         values = torch.cat(magnitudes[stage])

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+from ..architecture import RESNET50
+
+#: The stages measured (the paper's Fig. 6): ``conv1``, the stem after its ReLU, then each layer's output.
+STAGES = ("conv1", *(stage.name for stage in RESNET50.stages[1:]))
 
 
 @dataclass(frozen=True)

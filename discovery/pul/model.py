@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..architecture import RESNET50
 from ..backbone import Backbone, BackboneInfo
 from ..backbones import PROJECTOR_PREFIX
 from ..resnet import backbone_from_state
@@ -18,7 +19,6 @@ from .data import PULError
 if TYPE_CHECKING:
     from .config import PULConfig
 
-TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 #: PUL trains the standard ResNet50 (no dilation), as the weights were trained; LOST runs them at 16.
 TRAIN_STRIDE = 32
 #: Width of the frozen random prediction head of a headless base.
@@ -134,7 +134,7 @@ def checkpoint_state(student: PULStudent, base: Backbone) -> dict[str, torch.Ten
     """The student's weights as the checkpoint stores them, contiguous CPU tensors.
 
     ResNet50 bases: torchvision key names (``conv1.*`` ... ``layer4.*``, plus ``fc.*`` when the
-    base has its classifier). Other bases: the :class:`~discovery.backbones.Backbone`'s own key
+    base has its classifier). Other bases: the :class:`~discovery.backbone.Backbone`'s own key
     names (``trunk.*``, plus ``fc.*`` for the head), which the rebuilt base loads back.
     """
     with_fc = base.fc is not None
@@ -142,7 +142,7 @@ def checkpoint_state(student: PULStudent, base: Backbone) -> dict[str, torch.Ten
     for key, value in student.trunk.state_dict().items():
         if base.is_resnet50:
             index, rest = key.split(".", 1)
-            key = f"{TRUNK_NAMES[int(index)]}.{rest}"
+            key = f"{RESNET50.parts[int(index)]}.{rest}"
         else:
             key = f"trunk.{key}"
         state[key] = value.detach().cpu().contiguous()
