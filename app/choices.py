@@ -10,7 +10,7 @@ from discovery import weights as W
 CHECKPOINT = "checkpoint"
 """The dropdown value meaning "use the checkpoint path typed in the text box"."""
 
-RANDOM_NOTE = "seeded random init: a pipeline check, not a model (its boxes mean nothing)"
+RANDOM_NOTE = "pipeline check, not a model (seeded random init: its boxes mean nothing)"
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import html
 import logging
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
 from discovery.examples import EXAMPLES, example_path
-from discovery.images import ImageError
+from discovery.images import ImageError, decode
 from discovery.weights import REGISTRY, WeightsError
 
 from .choices import CHECKPOINT, backbone_choices, describe, initial_backbone
+from .components import PANELS_CSS, image_input, panel
 from .config import AppConfig
 from .engine import (
     CAM_METHODS,
@@ -33,14 +35,14 @@ from .results import ResultFiles
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (WeightsError, ImageError, ValueError)
+USER_ERRORS = (WeightsError, ValueError)
 
 TITLE = "Object discovery: LOST and Grad-CAM on ResNet50"
 
-CSS = """
-#status {min-height: 2.5em}
-#outputs .image-container img {object-fit: contain}
-"""
+CSS = "#status {min-height: 2.5em}\n" + PANELS_CSS
+
+IMAGE_CHECK_SIDE = 64
+"""Side :meth:`Handlers.check_image` decodes at: enough to know the file is an image, cheap for a large JPEG."""
 
 Panel = np.ndarray | None
 RunOutputs = tuple[Panel, Panel, Panel, Panel, Panel, dict[str, Any], str | None, str]
@@ -49,6 +51,12 @@ RunOutputs = tuple[Panel, Panel, Panel, Panel, Panel, dict[str, Any], str | None
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def _unreadable(image: Any, err: ImageError) -> str:
+    """``cannot read image 'NAME': REASON`` (the name when the image came as a file)."""
+    name = f" '{Path(image).name}'" if isinstance(image, (str, Path)) else ""
+    return f"cannot read image{name}: {_one_line(err)}"
 
 
 class Handlers:
@@ -101,6 +109,8 @@ class Handlers:
                 detector=detector or None,
                 top_k=int(top_k),
             )
+        except ImageError as err:
+            return self._failure(_unreadable(image, err))
         except USER_ERRORS as err:
             return self._failure(_one_line(err))
         except Exception as err:  # a bug: keep the traceback in the server log, not on the page
@@ -120,8 +130,24 @@ class Handlers:
         )
 
     def _failure(self, message: str) -> RunOutputs:
-        gr.Warning(html.escape(message))
-        return None, None, None, None, None, {"error": message}, None, f"⚠ **error:** {html.escape(message)}"
+        gr.Warning(html.escape(message, quote=False))
+        return None, None, None, None, None, {"error": message}, None, _error_line(message)
+
+    def check_image(self, image: str | None) -> str:
+        """Status line as soon as the input image changes (upload, example, clear): the one-line
+        reason when the file is not an image (the page's preview of it is a broken picture)."""
+        if image is None:
+            return ""
+        try:
+            _, (height, width) = decode(image, max_side=IMAGE_CHECK_SIDE)
+        except ImageError as err:
+            return _error_line(_unreadable(image, err))
+        return f"Image '{html.escape(Path(image).name, quote=False)}', {width} × {height}: press **Run**."
+
+    @staticmethod
+    def detector_shown(record: dict[str, Any] | None) -> Any:
+        """The detector panel is shown only for a result with a detector's boxes."""
+        return gr.update(visible=bool(record) and "detector" in record)
 
     def describe(self, backbone: str, checkpoint: str = "") -> str:
         """Status line for a backbone selection: what it is, or the one-line fix for missing weights."""
@@ -149,6 +175,10 @@ class Handlers:
         return [(c.label, c.value) for c in backbone_choices(self.engine.weights_dir, self.engine.download)]
 
 
+def _error_line(message: str) -> str:
+    return f"⚠ **error:** {html.escape(message, quote=False)}"
+
+
 def _summary(record: dict[str, Any]) -> str:
     lost, cam = record["lost"], record["cam"]
     box = ", ".join(f"{v:.0f}" for v in lost["box"])
@@ -159,24 +189,16 @@ def _summary(record: dict[str, Any]) -> str:
         target_text = f"**{target}** (class {cam['target']})"
     else:
         target_text = f"**{target}**"
-    note = f" · ⚠ `{record['backbone']}`: {record['note']}" if "note" in record else ""
+    note = f"⚠ **{record['backbone']}: {record['note']}** · " if "note" in record else ""
     found = ""
     if "detector" in record:
         scores = record["detector"]["scores"]
         found = f" · detector: {len(scores)} box{'es' if len(scores) != 1 else ''}"
         found += f" (best score {scores[0]:.2f})" if scores else ""
     return (
-        f"**Done.** LOST box [{box}] (original pixels) · {cam['method']} target: {target_text}{found} · "
-        f"{record['timings_ms']['total']:.0f} ms{note}"
+        f"{note}**Done.** LOST box [{box}] (original pixels) · {cam['method']} target: {target_text}{found} · "
+        f"{record['timings_ms']['total']:.0f} ms"
     )
-
-
-def _panel(caption: str, elem_id: str) -> gr.Image:
-    """An output picture shown whole: its caption above it rather than laid over it, and no
-    buttons over its corners (the result JSON is downloadable below)."""
-    with gr.Column(min_width=160):
-        gr.Markdown(f"**{caption}**")
-        return gr.Image(show_label=False, interactive=False, buttons=[], container=False, elem_id=elem_id)
 
 
 def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) -> gr.Blocks:
@@ -189,7 +211,7 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
         engine = Engine(config.device, config.weights_dir, config.download, config.max_side, config.cache_size)
     handlers = Handlers(engine, ResultFiles(), config.backbone)
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 3600), fill_width=True) as demo:
         gr.Markdown(
             f"## {TITLE}\n"
             "Upload, paste or capture an image (or click an example), pick a backbone and press **Run**. "
@@ -198,8 +220,8 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
         )
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(
-                    label="Image", type="filepath", sources=["upload", "clipboard", "webcam"], height=300,
+                image = image_input(
+                    label="Image", sources=["upload", "clipboard", "webcam"], height=300,
                     elem_id="input-image",
                 )
                 gr.Examples(
@@ -238,11 +260,11 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
                 run = gr.Button("Run", variant="primary", elem_id="run")
         status = gr.Markdown("", elem_id="status")
         with gr.Row(elem_id="outputs"):
-            box_image = _panel("LOST box (red) and seed (green)", "box-image")
-            degree_image = _panel("Inverse degree (hot: seed candidates)", "degree-image")
-            mask_image = _panel("Seed's component", "mask-image")
-            cam_image = _panel("CAM with its box (white)", "cam-image")
-            detector_image = _panel("Detector boxes with scores (needs a detector)", "detector-image")
+            _, box_image = panel("LOST box (red) and seed (green)", "box-image")
+            _, degree_image = panel("Inverse degree (hot: seed candidates)", "degree-image")
+            _, mask_image = panel("Seed's component", "mask-image")
+            _, cam_image = panel("CAM with its box (white)", "cam-image")
+            detector_panel, detector_image = panel("Detector boxes and scores", "detector-image", visible=False)
         with gr.Row():
             result_json = gr.JSON(label="Result", elem_id="result-json", max_height=360)
             result_file = gr.File(label="Download JSON", interactive=False)
@@ -252,7 +274,8 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
             inputs=[image, backbone, checkpoint, stride, k, method, target, detector, top_k],
             outputs=[box_image, degree_image, mask_image, cam_image, detector_image, result_json, result_file, status],
             api_name="run",
-        )
+        ).then(handlers.detector_shown, result_json, detector_panel, queue=False, api_visibility="private")
+        image.change(handlers.check_image, image, status, queue=False, api_visibility="private")
         backbone.change(handlers.describe, [backbone, checkpoint], backbone_status, api_name="describe", queue=False)
         checkpoint.submit(
             handlers.choose_checkpoint, [checkpoint, backbone], [backbone, backbone_status], api_visibility="private"

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from discovery import options
 from discovery.backbone import check_device
 from discovery.backbones import load_backbone
 from discovery.explain import Explainer
@@ -209,18 +210,22 @@ def peak_rss_mb(root: Path, out: Path, limit: int, args: argparse.Namespace) -> 
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = options.Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run (under a minute), same keys")
-    parser.add_argument("--images", type=int, default=None, help="images timed for baseline and ours (default 40; quick 8)")
+    parser.add_argument("--images", type=options.positive_int, default=None, help="images timed for baseline and ours (default 40; quick 8)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--batch-size", type=int, default=None, help="default: eval run's (1 on CPU)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding workers for our path (default: eval run's)")
-    parser.add_argument("--gpu-images", type=int, default=None,
+    options.add_device(parser)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast of our path's trunk (default fp32)")
+    parser.add_argument("--batch-size", type=options.positive_int, default=None, help="default: eval run's (1 on CPU)")
+    options.add_workers(parser, None)
+    parser.add_argument("--gpu-images", type=options.positive_int, default=None,
                         help="VOC-sized images run end to end on a GPU (default 5011, VOC07 trainval's count; quick 500)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         check_device(args.device)
     except ValueError as err:

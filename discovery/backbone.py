@@ -6,7 +6,7 @@ inference (:func:`eval_mode`). The ones built by name are in :mod:`discovery.bac
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +15,30 @@ import torch
 from torch import nn
 
 from .architecture import ARCHITECTURES, RESNET50, Architecture
+
+
+#: The metadata key of a trained checkpoint (PUL, CAD) that says it descends from the ``random`` backbone.
+PIPELINE_CHECK = "pipeline_check"
+
+
+def run_is_pipeline_check(config: Mapping[str, Any]) -> bool:
+    """Whether an ``eval run`` folder's ``config.json`` is a pipeline check's: its ``random_backbone``,
+    or, in a run from before that key, the random init's weights hash."""
+    return config.get("random_backbone") is True or str(config.get("weights_sha256", "")).startswith("random")
+
+
+def is_pipeline_check(metadata: Mapping[str, Any]) -> bool:
+    """Whether a trained checkpoint's ``metadata`` marks it a pipeline check, not a model: its
+    :data:`PIPELINE_CHECK` key (the trainers write it, following the whole chain of bases and
+    pseudo-boxes), or, in a file from before that key, a random-init base (``base.sha256``) or
+    pseudo-boxes from a pipeline check's run (``pseudo_boxes.run_config``)."""
+    if PIPELINE_CHECK in metadata:
+        return bool(metadata[PIPELINE_CHECK])
+    base = metadata.get("base")
+    boxes = metadata.get("pseudo_boxes")
+    run = boxes.get("run_config") if isinstance(boxes, Mapping) else None
+    return (isinstance(base, Mapping) and str(base.get("sha256", "")).startswith("random")) or (
+        isinstance(run, Mapping) and run_is_pipeline_check(run))
 
 
 @dataclass(frozen=True)
@@ -30,7 +54,9 @@ class BackboneInfo:
 
     @property
     def is_random(self) -> bool:
-        return self.sha256.startswith("random")
+        """A pipeline check, not a model: the ``random`` backbone, or a checkpoint trained from it
+        (:func:`is_pipeline_check` of its metadata; PUL of PUL of ``random`` included)."""
+        return self.sha256.startswith("random") or is_pipeline_check(self.metadata)
 
 
 class Backbone(nn.Module):

@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from .backbone import check_device
+from .backbone import PIPELINE_CHECK, Backbone, check_device, run_is_pipeline_check
 from .backbones import load_backbone
 from .detector import FORMAT, DetectorConfig, build_model, model_state
 from .distributed import DistContext, from_env
@@ -236,6 +236,7 @@ def metadata(config: CADConfig, base, data: PseudoBoxes, steps: int, dist: DistC
     return {
         "format": FORMAT,
         "kind": "cad",
+        PIPELINE_CHECK: base.info.is_random or run_is_pipeline_check(data.run_config),
         "library_version": __version__,
         "torch_version": torch.__version__,
         "git_revision": git_revision(),
@@ -256,6 +257,17 @@ def metadata(config: CADConfig, base, data: PseudoBoxes, steps: int, dist: DistC
     }
 
 
+def pipeline_note(base: Backbone, data: PseudoBoxes) -> str | None:
+    """The note of a run whose detector will be a pipeline check (its base or its pseudo-boxes'
+    run descends from the ``random`` backbone), else ``None``."""
+    if base.info.is_random:
+        origin = "" if base.info.name == "random" else " (trained from the 'random' backbone)"
+        return f"note: base {base.info.name!r} is a pipeline check, not a model{origin}; so is the detector"
+    if run_is_pipeline_check(data.run_config):
+        return "note: the pseudo-boxes come from a pipeline check (the 'random' backbone), not a model; so is the detector"
+    return None
+
+
 def train(config: CADConfig, data: PseudoBoxes, log: Say | None = None) -> CADResult:
     """Train (or resume) on ``data`` (:func:`pseudo_boxes` of ``config.run``) as configured; returns
     a :class:`CADResult`. Under torchrun every rank calls this. Raises :class:`CADError`, ``FileExistsError``, ``FileNotFoundError`` or
@@ -269,8 +281,9 @@ def train(config: CADConfig, data: PseudoBoxes, log: Say | None = None) -> CADRe
     base = load_backbone(config.base, device="cpu", stride=config.base_stride if external else 32, weights_dir=config.weights_dir)
     # a ResNet50 gets the reference's C4 layout; any other CNN has no layer4 to split off
     config = dataclasses.replace(config, detector=dataclasses.replace(config.detector, layout="c4" if base.is_resnet50 else "single"))
-    if base.info.is_random:
-        say("note: base 'random' is a pipeline check, not a model")
+    note = pipeline_note(base, data)
+    if note:
+        say(note)
     with joined(dist):
         done = run(CADTrainer(config, dist, device, data, base), Control.of(config), dist, device, say)
     return CADResult(done.out, done.state, done.steps, done.total_steps, done.metadata)

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import weights as W
 from .architecture import RESNET50
-from .backbone import check_device, eval_mode
+from .backbone import check_device, eval_mode, is_pipeline_check
 from .backbones import load_backbone
 from .geometry import ImageGeometry
 from .images import ImageInput, decode
@@ -305,6 +305,12 @@ class Detector:
         self.path = path
         self.sha256 = W.sha256_file(path)
         self.max_side = max_side
+
+    @property
+    def is_random(self) -> bool:
+        """A pipeline check, not a model: trained from the ``random`` backbone, a checkpoint of it,
+        or on the boxes of a run that was one (:func:`~discovery.backbone.is_pipeline_check`)."""
+        return is_pipeline_check(self.metadata)
 
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None = None,

@@ -26,6 +26,21 @@ ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
+#: The file suffixes taken as images where a folder is given (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every file under ``folder`` (recursively) with an :data:`IMAGE_SUFFIXES` suffix, hidden files
+    and folders skipped, sorted by relative path."""
+    root = Path(folder).expanduser()
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
 class ImageError(Exception):
     """An input image that cannot be used; ``str(err)`` is one line."""
 

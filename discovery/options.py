@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .names import backbone_names
+from .download import TIMEOUT_HELP
 from .resnet import STRIDES
 
 T = TypeVar("T")
@@ -122,6 +123,10 @@ def add_precision(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("
                         help="fp32 (default), or autocast of the forward passes to a 16-bit type (GPUs)")
     parser.add_argument("--tf32", action="store_true",
                         help="let CUDA fp32 math use TensorFloat-32 (default: IEEE fp32, boxes equal to the CPU's)")
+
+
+def add_download_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS", help=TIMEOUT_HELP)
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,8 @@
 wrap the model in DDP under torchrun, draw this rank's batches from the seed, and per step set the
 learning rate, take the trainer's loss, refuse a non-finite one on any rank (one line), backward,
 :func:`clip_gradients`, the optimiser step; ``OUT.state.pt`` every ``checkpoint_every`` steps and at
-``stop_after``, and the finished checkpoint written atomically. A :class:`Trainer` supplies the rest.
+``stop_after``, and the finished checkpoint written atomically; progress and the time-left estimate
+on stderr (:mod:`discovery.progress`). A :class:`Trainer` supplies the rest.
 
 Everything random on the data side is a pure function of the seed and an image's position, never
 of the process, the worker or the batch order, so a run is reproducible on CPU, resumable in the
@@ -34,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .distributed import DistContext, join, teardown
+from .progress import Progress
 from .trainstate import check_files, remove_stale_temporaries, restore, rng_state, save_checkpoint, save_state, state_path
 
 Say = Callable[[str], None]
@@ -346,10 +347,10 @@ def run(trainer: Trainer, control: Control, dist: DistContext, device: torch.dev
             })
         dist.barrier()
 
-    bar = tqdm(total=total, initial=step, unit=unit, desc=trainer.label, dynamic_ncols=True,
-               disable=not (dist.is_main and control.progress))
+    bar = Progress(trainer.label, unit, total, step, show=dist.is_main and control.progress, say=say,
+                   target=control.stop_after)
     seen, clock, stopped = 0, time.perf_counter(), False
-    try:
+    with bar:
         while step < total and not stopped:
             epoch, start = divmod(step, spe)
             loader = epoch_loader(trainer.dataset, trainer.usable, control.seed, epoch, start, control.batch_size,
@@ -371,17 +372,14 @@ def run(trainer: Trainer, control: Control, dist: DistContext, device: torch.dev
                 trainer.after_step(step, result, grad_norm)
                 step += 1
                 seen += result.images * dist.world_size
-                bar.update(1)
-                bar.set_postfix({**{k: f"{v.item():.3g}" for k, v in result.terms.items()},
-                                 "img_s": f"{seen / (time.perf_counter() - clock):.1f}"})
+                bar.update(1, {**{k: f"{v.item():.3g}" for k, v in result.terms.items()},
+                               "img_s": f"{seen / (time.perf_counter() - clock):.1f}"})
                 stop = control.stop_after is not None and step >= control.stop_after
                 if stop or step % control.checkpoint_every == 0 or (trainer.epoch_checkpoints and step % spe == 0):
                     write_state(step)
                 if stop or step >= total:
                     stopped = step < total
                     break
-    finally:
-        bar.close()
 
     done = Outcome(None, state_file, step, total, seen, time.perf_counter() - clock)
     say(f"trained at {done.images_per_s} images/s ({seen} images in {done.seconds:.1f} s this session, {device})")

@@ -54,7 +54,8 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` a dict of tensors / numbers / strings / lists, atomically."""
+    """``torch.save`` a dict of tensors / numbers / strings / lists, atomically (its folder made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 

@@ -1,12 +1,15 @@
-"""Overlays: box and seed, a detector's boxes with scores, degree heat map, seed mask, saliency heat map.
+"""Overlays: box and seed, a detector's boxes with scores, degree heat map, seed mask, saliency heat
+map; and saved figures that explain themselves (:func:`compose`: a title over each panel, a colour
+bar under each map, a note such as "random: a pipeline check" under the whole).
 
-Every function takes an RGB uint8 ``(H, W, 3)`` image of any size plus coordinates in the original
-image's pixels (``image_size``), and returns a new RGB uint8 array of the same size as the input.
+Every overlay function takes an RGB uint8 ``(H, W, 3)`` image of any size plus coordinates in the
+original image's pixels (``image_size``), and returns a new RGB uint8 array of the same size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -16,6 +19,8 @@ from .geometry import ImageGeometry
 
 BOX_COLOR = (255, 40, 40)
 SEED_COLOR = (40, 255, 40)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_INK = (20, 20, 20)
 
 
 def _drawn(rgb: np.ndarray, image_size: tuple[int, int]) -> ImageGeometry:
@@ -124,3 +129,55 @@ def side_by_side(*panels: np.ndarray, gap: int = 8) -> np.ndarray:
     for panel in panels:
         parts += [panel, spacer]
     return np.concatenate(parts[:-1], axis=1)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One picture of a saved figure: its ``title``, and for a heat map the words at the two ends
+    of its colour bar (``colorbar = (cold end, hot end)``; JET, as :func:`heatmap` draws)."""
+
+    image: np.ndarray
+    title: str
+    colorbar: tuple[str, str] | None = None
+
+
+def _text_strip(text: str, width: int, height: int, color: tuple[int, int, int] = _INK) -> np.ndarray:
+    """White ``height`` x ``width`` strip with ``text`` on one line, shrunk until it fits."""
+    strip = np.full((height, width, 3), 255, np.uint8)
+    scale = height / 40
+    while scale > 0.2 and cv2.getTextSize(text, _FONT, scale, 1)[0][0] > width - 6:
+        scale *= 0.9
+    (_, h), base = cv2.getTextSize(text, _FONT, scale, 1)
+    cv2.putText(strip, text, (3, (height + h) // 2), _FONT, scale, color, 1, cv2.LINE_AA)
+    return strip
+
+
+def _colorbar(ends: tuple[str, str], width: int, height: int) -> np.ndarray:
+    """A JET gradient bar with its two ends named, under a heat map."""
+    ramp = np.tile(np.linspace(0, 255, width).astype(np.uint8), (height // 2, 1))
+    bar = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)[:, :, ::-1]
+    words = np.full((height - height // 2, width, 3), 255, np.uint8)
+    scale = words.shape[0] / 34
+    cold, hot = ends
+    (hot_w, _), base = cv2.getTextSize(hot, _FONT, scale, 1)
+    y = words.shape[0] - base - 1  # room for the descenders
+    cv2.putText(words, cold, (2, y), _FONT, scale, _INK, 1, cv2.LINE_AA)
+    cv2.putText(words, hot, (max(2, width - hot_w - 2), y), _FONT, scale, _INK, 1, cv2.LINE_AA)
+    return np.concatenate([bar, words], axis=0)
+
+
+def compose(panels: Sequence[Panel], note: str | None = None, gap: int = 8) -> np.ndarray:
+    """Same-height panels side by side, each titled, maps with a colour bar, and ``note`` (e.g. the
+    ``random`` backbone's "a pipeline check, not a model") in red across the bottom."""
+    height = panels[0].image.shape[0]
+    title_h = max(18, min(36, height // 8))
+    bar_h = title_h
+    columns = []
+    for panel in panels:
+        width = panel.image.shape[1]
+        below = _colorbar(panel.colorbar, width, bar_h) if panel.colorbar else np.full((bar_h, width, 3), 255, np.uint8)
+        columns.append(np.concatenate([_text_strip(panel.title, width, title_h), panel.image, below], axis=0))
+    figure = side_by_side(*columns, gap=gap)
+    if note:
+        figure = np.concatenate([figure, _text_strip(note, figure.shape[1], title_h, color=(200, 0, 0))], axis=0)
+    return figure

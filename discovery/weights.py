@@ -44,6 +44,8 @@ class WeightsSpec:
         sha256_prefix: leading hex digits of the file's sha256 (``None``: none published).
         has_classifier: whether the file carries the 1000-way ImageNet ``fc`` layer.
         description: one line for listings.
+        size_mb: the file's size in MiB, roughly, for the line printed before a download
+            (``None``: not known here).
         mean, std: the per-channel RGB normalisation the weights were trained with (0..1 input).
     """
 
@@ -53,6 +55,7 @@ class WeightsSpec:
     sha256_prefix: str | None
     has_classifier: bool
     description: str
+    size_mb: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -67,6 +70,7 @@ REGISTRY: dict[str, WeightsSpec] = {
             sha256_prefix="0676ba61",
             has_classifier=True,
             description="torchvision IMAGENET1K_V1 (LOST's published ResNet50 rows)",
+            size_mb=98,
         ),
         WeightsSpec(
             name="imagenet-v2",
@@ -75,6 +79,7 @@ REGISTRY: dict[str, WeightsSpec] = {
             sha256_prefix="11ad3fa6",
             has_classifier=True,
             description="torchvision IMAGENET1K_V2",
+            size_mb=98,
         ),
         WeightsSpec(
             name="dino",
@@ -83,6 +88,7 @@ REGISTRY: dict[str, WeightsSpec] = {
             sha256_prefix=None,
             has_classifier=False,
             description="DINO self-supervised ResNet50 teacher (headless; no published hash)",
+            size_mb=90,
         ),
         WeightsSpec(
             name="random",
@@ -151,12 +157,12 @@ def candidates(spec: WeightsSpec, weights_dir: Path | None = None) -> list[Path]
 
 
 def missing_message(spec: WeightsSpec, weights_dir: Path | None = None) -> str:
-    target = (weights_dir or default_weights_dir()) / spec.filename
-    return (
-        f"weights for {spec.name!r} not found: put {spec.filename} at {target} "
-        f"(or in {hub_checkpoints_dir()}); download it from {spec.url} "
-        f"or run `discovery weights fetch {spec.name}`"
-    )
+    """The one-line fix for a missing registry file when no download was tried."""
+    return f"{_not_here(spec, weights_dir)}: save {spec.url} there, or run `discovery weights fetch {spec.name}`"
+
+
+def _not_here(spec: WeightsSpec, weights_dir: Path | None) -> str:
+    return f"{spec.filename} is not in {weights_dir or default_weights_dir()}"
 
 
 def resolve(name: str, weights_dir: Path | None = None, download: bool = True) -> tuple[Path, str]:
@@ -171,26 +177,32 @@ def resolve(name: str, weights_dir: Path | None = None, download: bool = True) -
     for path in candidates(spec, weights_dir):
         if path.is_file():
             return path, verify(path, spec)
-    if download and not offline():
+    if download:
         path = fetch(name, weights_dir)
         return path, sha256_file(path)
     raise WeightsError(missing_message(spec, weights_dir))
 
 
-def fetch(name: str, weights_dir: Path | None = None, progress: bool = True) -> Path:
+def fetch(name: str, weights_dir: Path | None = None, progress: bool = True, timeout: float | None = None) -> Path:
     """Download registry ``name`` into ``weights_dir`` (resumable, hash-checked before it is
-    put in place), or raise :class:`WeightsError` (one line)."""
+    put in place), or raise :class:`WeightsError` (one line). ``timeout``: see
+    :func:`discovery.download.download_timeout`."""
     spec = get_spec(name)
     if spec.url is None:
         raise WeightsError(f"backbone {name!r} has nothing to download")
     target = (weights_dir or default_weights_dir()) / spec.filename
     if offline():
-        raise WeightsError(f"downloads are off (DISCOVERY_OFFLINE); {missing_message(spec, weights_dir)}")
+        raise WeightsError(f"downloads are off (DISCOVERY_OFFLINE): {_not_here(spec, weights_dir)}; save {spec.url} there yourself")
     checksum = Checksum("sha256", spec.sha256_prefix) if spec.sha256_prefix else None
+    label = f"{spec.filename} ({spec.size_mb} MB)" if spec.size_mb else spec.filename
     try:
-        return download_file(spec.url, target, checksum, progress=progress)
+        return download_file(spec.url, target, checksum, timeout=timeout, progress=progress, label=label)
     except DownloadError as err:
-        raise WeightsError(f"{err}; {missing_message(spec, weights_dir)}") from None
+        kept = f"; {err.kept.stat().st_size} bytes kept in {err.kept.name}, resumed by the next download" if err.kept else ""
+        raise WeightsError(
+            f"{_not_here(spec, weights_dir)} and its download failed ({err.reason}{kept}); save {spec.url} there "
+            "yourself (DISCOVERY_OFFLINE=1 skips downloads)"
+        ) from None
 
 
 # --- reading files without executing code ---------------------------------------------------

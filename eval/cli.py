@@ -85,7 +85,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--archives", type=Path, default=None, metavar="DIR",
                    help="where archives are downloaded and resumed (default ROOT/archives); verified files already there are used")
     p.add_argument("--keep-archives", action="store_true", help="keep the archives after unpacking (default: delete them)")
-    p.add_argument("--timeout", type=options.positive_float, default=60.0, help="seconds a connect or read may block (default 60)")
+    options.add_download_timeout(p)
     options.add_progress(p)
     p.set_defaults(run=_fetch_datasets)
 

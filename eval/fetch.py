@@ -124,7 +124,7 @@ def fetch_dataset(
     archives_dir: str | Path | None = None,
     keep_archives: bool = False,
     progress: bool = False,
-    timeout: float = 60.0,
+    timeout: float | None = None,
 ) -> Fetched:
     """Download, verify and unpack dataset ``name`` into ``root``.
 
@@ -139,10 +139,11 @@ def fetch_dataset(
         keep_archives: keep the verified archives after unpacking (default: delete them). A
             verified file already in ``archives_dir`` is used without any download.
         progress: progress bars on stderr.
-        timeout: seconds a connect or a read may block.
+        timeout: seconds without receiving any of a file before its download is given up
+            (``None``: :func:`discovery.download.download_timeout`, 30 s by default).
 
     Raises:
-        DownloadError: offline, network failure (run again to resume) or a checksum mismatch.
+        DownloadError: offline, network failure or a checksum mismatch.
         DatasetError: an archive is unreadable or unsafe, or a partial tree that this function
             did not make is in the way.
     """
@@ -167,9 +168,11 @@ def fetch_dataset(
         try:
             download(item.url, archives / item.filename, item.checksum, timeout=timeout, progress=progress)
         except DownloadError as err:
-            if not offline():
-                raise
-            raise DownloadError(f"{err}; or put {item.filename} in {archives} yourself ({item.checksum}, checked before use)") from None
+            skip = "" if offline() else "; DISCOVERY_OFFLINE=1 skips downloads"
+            raise DownloadError(
+                f"{err}; put {item.filename} in {archives} yourself (its {item.checksum.algorithm} is checked before use{skip})",
+                err.reason, err.kept,
+            ) from None
     stage = root / f".fetch-{name}.partial"
     shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
     try:
@@ -208,9 +211,10 @@ def _move_into_place(tree: Path, folder: Path, places: list[str]) -> None:
     fsync_folder(folder)
 
 
-def fetch_coco20k_list(dest: str | Path, url: str = COCO20K_LIST_URL, timeout: float = 60.0) -> Path:
+def fetch_coco20k_list(dest: str | Path, url: str = COCO20K_LIST_URL, timeout: float | None = None) -> Path:
     """Download the list to ``dest`` (a file, or a folder to hold ``coco_20k_filenames.txt``) and
-    verify it; an existing verified file is kept. Raises :class:`DatasetError` (one line)."""
+    verify it; an existing verified file is kept. ``timeout``: see ``fetch_dataset``. Raises
+    :class:`DatasetError` (one line)."""
     dest = Path(dest).expanduser()
     if dest.is_dir():
         dest = dest / COCO20K_LIST_NAME

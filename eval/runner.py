@@ -18,19 +18,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from tqdm import tqdm
 
 import discovery
 from discovery.distributed import DistContext, from_env, join, teardown
 from discovery.localizer import Localizer
 from discovery.precision import fp32_math, precision_record
+from discovery.progress import Progress
 from discovery.provenance import git_revision
 
 from .datasets import Dataset, Item, open_dataset
 from .detection import detection_score
 from .errors import RunError
 from .loader import Decoded, bucketed, decoded_stream
-from .methods import Method, PixelMethod, Proposal, get_method
+from .methods import DetectorMethod, Method, PixelMethod, Proposal, get_method
 from .metrics import best_iou, corloc
 from .overlap import overlapped
 from .predictions import append_records
@@ -50,13 +50,33 @@ class Model:
     stride: int
     tf32: bool
 
-    def config(self) -> dict:
-        """The model's part of config.json: backbone and weights, or the pixel method's own record."""
+    @property
+    def is_random(self) -> bool:
+        """A pipeline check, not a model: the ``random`` backbone, a checkpoint trained from it
+        (:attr:`~discovery.backbone.BackboneInfo.is_random`), or a detector trained from one."""
+        if self.localizer is not None:
+            return self.localizer.backbone.info.is_random
+        return isinstance(self.method, DetectorMethod) and self.method.detector.is_random
+
+    @property
+    def random_note(self) -> str:
+        """The stderr line of a pipeline check."""
         if self.localizer is None:
-            return {"stride": self.stride, **precision_record(self.device, "fp32", self.tf32), **self.method.config()}
+            return (f"note: detector {self.method.path} is a pipeline check, not a model "
+                    "(its base or its pseudo-boxes come from the 'random' backbone)")
+        name = self.localizer.backbone.info.name
+        origin = "" if name == "random" else " (trained from the 'random' backbone)"
+        return f"note: backbone {name!r} is a pipeline check, not a model{origin}"
+
+    def config(self) -> dict:
+        """The model's part of config.json: backbone and weights, or the pixel method's own record;
+        ``random_backbone: true`` for a pipeline check (what ``cad train`` reads of its pseudo-boxes)."""
+        check = {"random_backbone": True} if self.is_random else {}
+        if self.localizer is None:
+            return {"stride": self.stride, **precision_record(self.device, "fp32", self.tf32), **self.method.config(), **check}
         info, loc = self.localizer.backbone.info, self.localizer
         return {"backbone": info.name, "weights_sha256": info.sha256, "stride": loc.stride,
-                **precision_record(self.device, loc.precision, loc.tf32)}
+                **precision_record(self.device, loc.precision, loc.tf32), **check}
 
     def embed(self, good: list[Decoded]):
         """The expensive step of a batch: the trunk's forward pass, or for a pixel method the images alone."""
@@ -188,8 +208,8 @@ def _run(opts: RunOptions, ctx: DistContext, method: Method) -> dict | None:
         model = load_model(opts, ctx, method, download=False)
         if any(config.get(k) != v for k, v in model.config().items()):
             raise RunError(f"rank {ctx.rank} loaded another model than rank 0 ({model.config()})")
-    if ctx.is_main and model.localizer is not None and model.localizer.backbone.info.is_random:
-        print("note: backbone 'random' is a pipeline check, not a model", file=sys.stderr)
+    if ctx.is_main and model.is_random:
+        print(model.random_note, file=sys.stderr)
 
     prior = [start.done[it.image_id] for it in start.scope if it.image_id in start.done] if ctx.is_main else []
     mine, skipped, loop_time = _predict(opts, ctx, model, folder, ctx.shard(todo), prior)
@@ -212,10 +232,8 @@ def _predict(
     mine: list[dict] = []
     skipped: list[tuple[str, str]] = []
     loop_start = time.perf_counter()
-    bar = tqdm(
-        total=len(shard), disable=not (ctx.is_main and opts.progress), unit="img", dynamic_ncols=True,
-        desc=f"{opts.dataset} {opts.method}" + (f" rank0/{ctx.world_size}" if ctx.active else ""),
-    )
+    bar = Progress(f"{opts.dataset} {opts.method}" + (f" rank0/{ctx.world_size}" if ctx.active else ""), "img",
+                   len(shard), show=ctx.is_main and opts.progress)
     with folder.stream(ctx.rank if ctx.active else None) as fh, bar:
         batches = bucketed(decoded_stream(shard, model.stride, opts.workers), opts.batch_size)
 
@@ -234,8 +252,7 @@ def _predict(
                 mine.extend(records)
                 seen += len(records)
                 hits += sum(r["correct"] for r in records)
-            bar.update(len(batch))
-            bar.set_postfix(corloc=f"{100.0 * hits / max(seen, 1):.1f}")
+            bar.update(len(batch), {"corloc": f"{100.0 * hits / max(seen, 1):.1f}"})
     return mine, skipped, time.perf_counter() - loop_start
 
 
@@ -259,7 +276,7 @@ def _finish(
         "missing": result.missing,
         "method": opts.method,
         **{key: config[key] for key in model_keys if key in config},
-        **({"random_backbone": model.localizer.backbone.info.is_random} if model.localizer is not None else {}),
+        "random_backbone": model.is_random,
         **dataset_summary(start.dataset),
         "limit": opts.limit,
         "skipped_unreadable_image": len(skipped),

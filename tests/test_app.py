@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
+from gradio.data_classes import ImageData
+from PIL import Image
 from torchvision.models import resnet50
 
 from discovery import weights as W
 from discovery.app.choices import CHECKPOINT, backbone_choices, describe, initial_backbone, weights_problem
+from discovery.app import components
+from discovery.app.components import image_input
 from discovery.app.config import AppConfig
 from discovery.app.engine import Engine, backbone_name, parse_target
 from discovery.app.main import main
@@ -131,8 +137,8 @@ def test_run_gives_panels_json_and_file(handlers, textured_image, random_backbon
     assert record["cam"]["target"] == cam_expected.target
     assert record["cam"]["probability"] == pytest.approx(cam_expected.probability, abs=1e-5)
     assert record["cam"]["box"] == [round(v, 2) for v in cam_expected.box]
-    # Honesty: the random backbone is called what it is.
-    assert "pipeline check" in record["note"] and "pipeline check" in status
+    # Honesty: the random backbone is called what it is, first thing in the status line.
+    assert "pipeline check" in record["note"] and status.startswith("⚠ **random: pipeline check, not a model")
     assert f"p = {record['cam']['probability']:.3f}" in status
 
 
@@ -239,7 +245,8 @@ def test_headless_backbone_uses_the_embedding_target(tmp_path, textured_image):
     ("image", "method", "target", "expected"),
     [
         (None, "gradcam", "", "no image"),
-        ("bad-file", "gradcam", "", "not a recognised image format"),
+        ("bad-file", "gradcam", "", "cannot read image 'photo.jpg': not a recognised image format"),
+        ("empty-file", "gradcam", "", "cannot read image 'empty.png': empty file (0 bytes)"),
         ("ok", "eigencam", "tabby", "class-agnostic"),
         ("ok", "gradcam", "tabbby", "did you mean"),
         ("ok", "gradcam", "5000", "out of range"),
@@ -251,12 +258,45 @@ def test_user_errors_become_one_line(handlers, tmp_path, textured_image, image, 
         image = tmp_path / "photo.jpg"
         image.write_text("this is text")
         image = str(image)
+    elif image == "empty-file":
+        image = tmp_path / "empty.png"
+        image.touch()
+        image = str(image)
     elif image == "ok":
         image = textured_image
     with pytest.warns(UserWarning):
         out = handlers.run(image, "random", "", 16, 100, method, target)
     assert expected in out[5]["error"] and "\n" not in out[5]["error"]
     assert out[0] is None
+
+
+def test_image_check_says_at_once_what_is_wrong(handlers, tmp_path, textured_image):
+    good, text, empty = tmp_path / "object.png", tmp_path / "notes.jpg", tmp_path / "empty.jpg"
+    Image.fromarray(textured_image).save(good)
+    text.write_text("not a picture")
+    empty.touch()
+    assert handlers.check_image(str(good)) == "Image 'object.png', 128 × 96: press **Run**."
+    assert handlers.check_image(str(text)) == "⚠ **error:** cannot read image 'notes.jpg': not a recognised image format"
+    assert handlers.check_image(str(empty)) == "⚠ **error:** cannot read image 'empty.jpg': empty file (0 bytes)"
+    assert handlers.check_image(None) == ""
+
+
+def test_image_input_leaves_decoding_to_the_handler(tmp_path):
+    """Gradio's own gr.Image opens the file with PIL before the handler runs; ours hands it over."""
+    component = image_input()
+    assert not Path(components.__file__).with_suffix(".pyi").exists()  # no gr.Image subclass: no stub written
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture")
+    assert component.preprocess(ImageData(path=str(text), orig_name="notes.jpg")) == str(text)
+    assert component.preprocess(None) is None
+    inline = "data:image/png;base64," + base64.b64encode(b"not a picture either").decode()
+    saved = component.preprocess(ImageData(url=inline, orig_name="inline.png"))
+    assert Path(saved).name == "inline.png" and Path(saved).read_bytes() == b"not a picture either"
+
+
+def test_detector_panel_follows_the_result():
+    records = ({"detector": {"boxes": [], "scores": []}}, {"lost": {}}, {"error": "no image"}, None)
+    assert [Handlers.detector_shown(r)["visible"] for r in records] == [True, False, False, False]
 
 
 def test_detector_boxes_and_scores_are_drawn_and_recorded(engine, handlers, textured_image, tiny_detector):
@@ -313,6 +353,10 @@ def test_build_demo_wires_the_endpoints_and_limits(handlers):
     demo = build_demo(config, handlers.engine)
     names = {dep.api_name for dep in demo.fns.values()}
     assert {"run", "describe"} <= names
+    images = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Image)}
+    assert images["input-image"].preprocess(ImageData(path="notes.jpg")) == "notes.jpg"  # not opened here
+    panels = ["box-image", "degree-image", "mask-image", "cam-image", "detector-image"]
+    assert all(images[name].format == "png" for name in panels)  # lossless, not Gradio's default WebP
     assert demo._queue.max_size == 30
     options = launch_options(config)
     assert options["server_name"] == "127.0.0.1" and options["share"] is False

@@ -4,6 +4,7 @@ the page opens on the ``random`` backbone with a note saying how to get the Imag
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import psutil
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from discovery.app.config import AppConfig
@@ -81,6 +83,43 @@ def test_run_api_takes_an_image_alone(client, image_file):
     assert len(record["lost"]["box"]) == 4 and "Done" in status and "detector" not in record
 
 
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("notes.jpg", b"a text file, not a picture\n", "not a recognised image format"),
+    ("empty.png", b"", "empty file (0 bytes)"),
+])
+def test_bad_file_over_the_api_says_what_is_wrong(client, tmp_path, image_file, capfd, name, content, reason):
+    """Gradio would fail on such a file in its own input processing, before the handler: the client
+    got "The upstream Gradio app has raised an exception" and the server log a traceback."""
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    *panels, record, download, status = _run(client, bad)
+    message = f"cannot read image '{name}': {reason}"
+    assert record == {"error": message}
+    assert status == f"⚠ **error:** {message}"
+    assert panels == [None] * 5 and download is None
+    *_, record, _, status = _run(client, image_file)  # the next, good file still works
+    assert "error" not in record and "Done" in status
+    log = capfd.readouterr()
+    assert "Traceback" not in log.err + log.out and "UnidentifiedImageError" not in log.err + log.out
+
+
+def test_inline_image_over_the_api(client, image_file, capfd):
+    """A data: URL instead of an uploaded file: decoded by the handler too, and held to the upload limit."""
+    def inline(url):
+        return client.predict({"url": url, "meta": {"_type": "gradio.FileData"}}, api_name="/run")
+
+    *_, record, _, status = inline("data:image/png;base64," + base64.b64encode(image_file.read_bytes()).decode())
+    assert "error" not in record and "Done" in status
+    *_, record, _, _ = inline("data:image/png;base64," + base64.b64encode(b"not a picture").decode())
+    assert record == {"error": "cannot read image 'file.png': not a recognised image format"}
+    with pytest.raises(AppError, match="inline image: not valid base64 data"):
+        inline("data:image/png;base64,AAAAA")
+    with pytest.raises(AppError, match="image too large: over the 1 MB upload limit"):
+        inline("data:image/png;base64," + "A" * (2 * 1024 * 1024))  # over the server's 1 MB
+    log = capfd.readouterr()
+    assert "Traceback" not in log.err + log.out
+
+
 def test_detector_over_the_api(client, image_file, tiny_detector):
     box, degree, mask, cam, found, record, download, status = _run(client, image_file, detector=str(tiny_detector), top_k=2)
     assert "error" not in record, record
@@ -99,7 +138,7 @@ def test_upload_gives_a_box_inside_the_image(client, image_file):
     assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 96
     assert record["backbone"] == "random" and "pipeline check" in record["note"]
     for panel in (box, degree, mask, cam):
-        assert panel is not None
+        assert panel["path"].endswith(".png")  # lossless panels, not Gradio's default WebP
     assert found is None
     assert download is not None and "Done" in status
 
@@ -246,4 +285,102 @@ def test_browser_missing_weights_shows_the_fix(browser, server, image_file):
     assert "resnet50-0676ba61.pth" in status
     assert "Traceback" not in page.inner_text("body")
     assert page.locator("#box-image img").count() == 0
+    page.close()
+
+
+def _open(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server[0])
+    page.wait_for_selector("#run")
+    return page
+
+
+def _run_example(page, name="chelsea"):
+    page.get_by_text(name, exact=True).first.click()
+    page.wait_for_selector("#input-image img")
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Done')", timeout=120_000)
+
+
+LINES = """sel => {  // how many lines of text an element takes
+    const el = document.querySelector(sel);
+    return el.getBoundingClientRect().height / parseFloat(getComputedStyle(el).lineHeight);
+}"""
+
+
+def test_browser_bad_upload_says_why_in_one_line(browser, server, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("a text file, not a picture\n")
+    expected = "⚠ error: cannot read image 'notes.jpg': not a recognised image format"
+    page = _open(browser, server)
+    page.set_input_files("#input-image input[type=file]", str(bad))
+    # at once, on upload: the preview of such a file is a broken picture that says nothing
+    page.wait_for_function("document.querySelector('#status').innerText.includes('cannot read image')", timeout=30_000)
+    assert page.inner_text("#status").strip() == expected
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#result-json').innerText.includes('cannot read image')",
+                           timeout=60_000)
+    assert page.inner_text("#status").strip() == expected
+    assert page.evaluate(LINES, "#status p") < 1.5
+    # no red "Error" on the panels (Gradio's own failure display), no traceback anywhere
+    assert "Error" not in page.inner_text("#outputs") and page.locator("#outputs img").count() == 0
+    assert "Traceback" not in page.inner_text("body")
+    _run_example(page)  # a good image after the bad one runs as usual
+    assert "error" not in page.inner_text("#status") and page.locator("#box-image img").count() == 1
+    page.close()
+
+
+def test_browser_panels_at_1400_px(browser, server, tmp_path):
+    """Four aligned panels a third wider than before (then five at ~230 px, titles on two lines)."""
+    page = _open(browser, server)
+    _run_example(page)
+    status = page.locator("#status")
+    assert status.is_visible() and status.inner_text().startswith("⚠ random: pipeline check, not a model")
+    page.locator("#outputs").scroll_into_view_if_needed()
+    panels = page.evaluate("""() => ['box-image', 'degree-image', 'mask-image', 'cam-image'].map(id => {
+        const image = document.getElementById(id), column = image.closest('.column');
+        const title = column.querySelector('.prose.panel-title'), img = image.querySelector('img');
+        const box = el => { const r = el.getBoundingClientRect(); return {x: r.left, y: r.top + scrollY, w: r.width, h: r.height}; };
+        return {column: box(column), title: box(title.querySelector('p')), img: box(img), src: img.src,
+                cut: title.scrollWidth > title.clientWidth,
+                lines: title.querySelector('p').getBoundingClientRect().height / parseFloat(getComputedStyle(title).lineHeight)};
+    })""")
+    widths = [p["column"]["w"] for p in panels]
+    assert min(widths) >= 300 and max(widths) - min(widths) < 1, panels
+    for left, right in zip(panels, panels[1:]):
+        assert right["column"]["x"] >= left["column"]["x"] + left["column"]["w"], panels  # one row, in order
+        for part in ("column", "title", "img"):
+            assert abs(right[part]["y"] - left[part]["y"]) < 1, (part, panels)  # aligned
+    for panel in panels:
+        assert panel["lines"] < 1.5 and not panel["cut"], panels  # each title whole, on one line
+        assert panel["img"]["w"] >= panel["column"]["w"] - 1, panels  # the picture fills its panel
+        assert panel["src"].endswith(".png"), panels
+    assert not page.locator("#detector-image").is_visible()  # no detector: no empty fifth panel
+    shot = tmp_path / "panels-1400.png"
+    page.screenshot(path=str(shot), full_page=True)
+    with Image.open(shot) as im:
+        assert im.width == 1400 and im.height >= 1000
+        first = panels[0]["img"]
+        crop = np.asarray(im.convert("RGB").crop((first["x"], first["y"], first["x"] + first["w"], first["y"] + first["h"])))
+    assert crop.std() > 20  # the picture is drawn, not a blank or broken image
+    page.close()
+
+
+def test_browser_detector_panel_only_with_a_detector(browser, server, tiny_detector):
+    page = _open(browser, server)
+    assert not page.locator("#detector-image").is_visible()
+    detector = page.locator("#detector textarea, #detector input").first
+    detector.fill(str(tiny_detector))
+    _run_example(page, "coffee")
+    page.wait_for_selector("#detector-image img", timeout=30_000)
+    assert "detector:" in page.inner_text("#status")
+    first, found = (page.evaluate(f"document.getElementById('{id}').closest('.column').getBoundingClientRect().toJSON()")
+                    for id in ("box-image", "detector-image"))
+    # the fifth panel starts a second row, in the first panel's column and at its width
+    assert abs(found["x"] - first["x"]) < 1 and abs(found["width"] - first["width"]) < 1 and found["y"] > first["bottom"]
+    detector.fill("")
+    page.click("#run")
+    page.wait_for_function("(t => t.includes('Done') && !t.includes('detector:'))(document.querySelector('#status').innerText)",
+                           timeout=60_000)
+    page.wait_for_function("!document.querySelector('#detector-image')?.checkVisibility()", timeout=30_000)
     page.close()

@@ -257,6 +257,7 @@ def test_detector_trained_on_lost_boxes_is_ahead_of_lost(tmp_path, capsys, monke
         ]) == 0
         meta = read_checkpoint(out)[1]
         assert meta["detector"]["layout"] == "single" and meta["base"]["stride"] == 16
+        assert meta["pipeline_check"] is False and not Detector(out).is_random
         capsys.readouterr()
         assert eval_main(["run", "--dataset", "voc07", "--root", str(root), "--method", f"cad:{out}", "--out", str(cad), "--no-progress"]) == 0
         summary = json.loads(capsys.readouterr().out)
@@ -265,3 +266,32 @@ def test_detector_trained_on_lost_boxes_is_ahead_of_lost(tmp_path, capsys, monke
     print(f"CorLoc: LOST {lost_corloc}, detector {summary['corloc']}; detector AP50 {summary['ap50']}")
     assert summary["corloc"] >= lost_corloc, f"detector {summary['corloc']} vs LOST {lost_corloc}"
     assert summary["ap50"] >= 60
+
+
+def test_a_detector_from_a_random_base_or_random_boxes_is_labelled(lost_run, trained, tmp_path, capsys):
+    """The pipeline-check label follows provenance: a detector on the ``random`` base, or on the boxes
+    of a ``random`` run from another base, says so in its metadata, as ``Detector.is_random`` and in
+    ``eval run --method cad:FILE``'s config and results (with the note); and ``cad train`` prints
+    its time-left estimate after its first iterations."""
+    assert read_checkpoint(trained)[1]["pipeline_check"] is True and Detector(trained).is_random
+
+    out = tmp_path / "patch-on-random-boxes.safetensors"
+    assert discovery_main([
+        "cad", "train", "--run", str(lost_run["run"]), "--backbone", "module:patch_backbone:patch", "--base-stride", "16",
+        "--out", str(out), "--iterations", "4", "--batch-size", "2", "--lr", "0.001", "--min-size", "64",
+        "--min-size-test", "64", "--max-size", "128", "--anchor-sizes", "16,32,64", "--roi-size", "4",
+        "--head-width", "32", "--rpn-batch", "32", "--roi-batch", "8", "--proposals", "100,20,100,10",
+        "--workers", "0", "--no-progress",
+    ]) == 0
+    err = capsys.readouterr().err
+    assert "note: the pseudo-boxes come from a pipeline check" in err
+    estimate = [line for line in err.splitlines() if " left at " in line]
+    assert len(estimate) == 1 and estimate[0].startswith("cad train: ~") and estimate[0].endswith("s/iteration (4 iterations)")
+    assert read_checkpoint(out)[1]["pipeline_check"] is True and Detector(out).is_random
+
+    run = tmp_path / "cad-run"
+    assert eval_main(["run", "--dataset", "voc07", "--root", str(lost_run["root"]), "--method", f"cad:{trained}",
+                      "--out", str(run), "--no-progress", "--workers", "0"]) == 0
+    assert "is a pipeline check, not a model" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["random_backbone"] is True
+    assert json.loads((run / "results.json").read_text())["random_backbone"] is True

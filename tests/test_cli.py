@@ -26,7 +26,9 @@ def test_locate_good_and_bad_images(tmp_path, textured_image):
     empty.write_bytes(b"")
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    out = cli("locate", str(good), str(empty), str(gray), str(text), str(tmp_path),
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    out = cli("locate", str(good), str(empty), str(gray), str(text), str(nothing),
               "--backbone", "random", "--overlay-dir", str(tmp_path / "overlays"))
     assert out.returncode == 1
     records = [json.loads(line) for line in out.stdout.splitlines()]
@@ -40,11 +42,22 @@ def test_locate_good_and_bad_images(tmp_path, textured_image):
     assert errors == [
         f"error: {empty}: empty file (0 bytes)",
         f"error: {text}: not a recognised image format",
-        f"error: {tmp_path}: is a directory, not an image",
+        f"error: {nothing}: a folder with no images (looked recursively for .jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm)",
     ]
     assert "Traceback" not in out.stderr
     assert "pipeline check" in out.stderr
     assert "note: --overlay-dir is now --out-dir" in out.stderr  # the old spelling still works
+
+
+def test_locate_takes_a_folder_of_images(tmp_path, textured_image):
+    photos = tmp_path / "photos" / "sub"
+    photos.mkdir(parents=True)
+    for name in ("b.png", "a.jpg", ".hidden.png"):
+        Image.fromarray(textured_image).save(photos / name)
+    (photos / "notes.txt").write_text("not an image")
+    out = cli("locate", str(tmp_path / "photos"), "--backbone", "random")
+    assert out.returncode == 0, out.stderr
+    assert [Path(json.loads(line)["image"]).name for line in out.stdout.splitlines()] == ["a.jpg", "b.png"]
 
 
 def test_locate_overlay_shape(tmp_path, textured_image):
@@ -53,7 +66,10 @@ def test_locate_overlay_shape(tmp_path, textured_image):
     out = cli("locate", str(img), "--backbone", "random", "--stride", "8", "--k", "5", "--out-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
     overlay = np.asarray(Image.open(tmp_path / "a_random_lost.png"))
-    assert overlay.shape == (96, 3 * 128 + 2 * 8, 3)
+    # three 128 px panels with 8 px gaps; a title strip above, a colour-bar strip below, the random note
+    title = 18  # strips are 18 px high on a 96 px panel
+    assert overlay.shape == (title + 96 + title + title, 3 * 128 + 2 * 8, 3)
+    assert (overlay[:title] < 128).any() and (overlay[-title:, :, 0] > overlay[-title:, :, 1]).any()  # ink; red note
 
 
 def test_unknown_backbone_is_one_line(tmp_path, textured_image):

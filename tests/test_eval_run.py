@@ -335,3 +335,18 @@ def test_pixel_methods_get_the_decoded_images_and_no_backbone(bench, tmp_path, m
     assert [r["box"] for r in _lines(out / "predictions.jsonl")] == [[0.0, 0.0, round(w / 2, 2), round(h / 2, 2)] for w, h in sizes]
     config = json.loads((out / "config.json").read_text())
     assert config["corners"] == 1 and "backbone" not in config and "backbone" not in summary and summary["total"] == N_IMAGES
+
+
+def test_the_random_backbone_is_labelled_in_config_results_and_stderr(bench, tmp_path):
+    """``random`` is a pipeline check: config.json and results.json say ``random_backbone: true`` and
+    stderr has the note; a real checkpoint's run says false and its config has no such key."""
+    random_run, real_run = tmp_path / "random", tmp_path / "real"
+    proc = _cli("-m", "discovery.eval", "run", "--dataset", "voc07", "--root", str(bench["data"]), "--backbone", "random",
+                "--out", str(random_run), "--limit", "2", "--workers", "0", "--no-progress")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "note: backbone 'random' is a pipeline check, not a model" in err
+    assert json.loads((random_run / "config.json").read_text())["random_backbone"] is True
+    assert json.loads((random_run / "results.json").read_text())["random_backbone"] is True
+    assert bench["summary"]["random_backbone"] is False
+    assert "random_backbone" not in json.loads((bench["ref"] / "config.json").read_text())

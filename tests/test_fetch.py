@@ -75,6 +75,7 @@ class ServerState:
     ranges: bool = True  # False: ignore Range headers (answer 200 with the whole file)
     cut: dict[str, int] = field(default_factory=dict)  # name → bytes sent before closing, once
     stall: float = 0.0  # seconds to wait before answering
+    trickle: float = 0.0  # seconds to wait before each 1000-byte piece of a body
     log: list[tuple[str, str | None]] = field(default_factory=list)  # (name, Range header)
 
     def gets(self, name: str) -> list[str | None]:
@@ -113,7 +114,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = data[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body[: state.cut.pop(name, len(body))])
+        body = body[: state.cut.pop(name, len(body))]
+        piece = 1000 if state.trickle else max(len(body), 1)
+        for start in range(0, len(body), piece):
+            time.sleep(state.trickle)
+            self.wfile.write(body[start:start + piece])
+            self.wfile.flush()
 
     def log_message(self, *args):
         pass
@@ -146,8 +152,10 @@ def _items(name: str, files: dict[str, bytes]):
 
 
 def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    """The one ``error:`` line on stderr, after nothing but ``fetching ...`` lines."""
+    *before, err = capsys.readouterr().err.splitlines(keepends=True)
+    assert err.startswith("error: ") and err.endswith("\n"), err
+    assert all(line.startswith("fetching ") for line in before), before
     return err
 
 
@@ -328,10 +336,20 @@ def test_network_failures_are_one_line(server, tmp_path):
         download(f"{url}/missing.tar", tmp_path / "m.tar")
     assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
     state.stall = 1.0
-    with pytest.raises(DownloadError, match="timed out.*run again to resume"):
+    with pytest.raises(DownloadError, match=r"failed \(nothing received for 0.2 s\)$") as info:
         download(f"{url}/{VOC07}", tmp_path / VOC07, timeout=0.2, retries=0)
+    assert info.value.kept is None and not (tmp_path / f"{VOC07}.part").exists()  # nothing to resume: not claimed
     with pytest.raises(DownloadError, match="failed"):
         download("http://127.0.0.1:9/x.tar", tmp_path / "x.tar", retries=0)  # port 9: nothing listens
+
+
+def test_a_download_that_keeps_moving_may_outlast_the_timeout(server, tmp_path):
+    url, state = server
+    data = bytes(range(256)) * 40
+    state.files["slow.bin"], state.trickle = data, 0.1  # 11 pieces of 1000 bytes: 1.1 s, twice the time-out and more
+    start = time.monotonic()
+    download(f"{url}/slow.bin", tmp_path / "slow.bin", Checksum("sha256", _sha256(data)), timeout=0.4, retries=0)
+    assert time.monotonic() - start > 0.8 and (tmp_path / "slow.bin").read_bytes() == data
 
 
 def test_coco20k_list_through_the_downloader(server, tmp_path, published):

@@ -378,7 +378,7 @@ def _bad_cases(tmp: Path, bases: dict[str, Path], images: Path) -> dict[str, tup
         "no folder": (["--backbone", fc, "--images", tmp / "missing"], "not a folder"),
         "unreadable images": (["--backbone", fc, "--images", tmp / "unreadable"], "none of the 2 images"),
         "garbage base": (["--backbone", tmp / "garbage.pth", "--images", images], "not a readable PyTorch weights file"),
-        "missing base": (["--backbone", "imagenet-v2", "--images", images], "not found"),
+        "missing base": (["--backbone", "imagenet-v2", "--images", images], "resnet50-11ad3fa6.pth"),  # the file to put in place
         "unknown base": (["--backbone", "resnet18", "--images", images], "unknown backbone"),
         "one class": (["--backbone", fc, "--images", images, "--classes", "1"], "--classes must be at least 2"),
         "output exists": (["--backbone", fc, "--images", images, "--out", tmp / "exists.safetensors"], "--overwrite"),
@@ -471,3 +471,62 @@ def test_the_trainer_does_not_reach_the_harness():
             "print([m for m in sys.modules if m == 'eval' or m.startswith(('eval.', 'discovery.eval'))])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- what a new user trips over ---------------------------------------------------------------------
+
+
+def test_a_pul_checkpoint_of_random_is_labelled_a_pipeline_check_down_the_chain(bases, images, tmp_path, capsys):
+    """PUL from ``random`` (and PUL of that) records ``pipeline_check``; ``eval run`` on it says
+    ``random_backbone: true`` in config.json and results.json and prints the note; a real base does not."""
+    from discovery.eval.cli import main as eval_main
+    from discovery.eval.synth import make_synthetic
+
+    first, second, real = tmp_path / "first.safetensors", tmp_path / "second.safetensors", tmp_path / "real.safetensors"
+    rc, _, err = run(capsys, *TRAIN, "--backbone", "random", "--images", images, "--out", first)
+    assert rc == 0 and "note: base 'random' is a pipeline check" in err, err
+    rc, _, err = run(capsys, *TRAIN, "--backbone", f"pul:{first}", "--images", images, "--out", second)
+    assert rc == 0 and f"note: base 'pul:{first}' is a pipeline check" in err, err
+    rc, _, err = run(capsys, *TRAIN, "--backbone", bases["fc"], "--images", images, "--out", real)
+    assert rc == 0 and "pipeline check" not in err, err
+    assert [read_checkpoint(p)[1]["pipeline_check"] for p in (first, second, real)] == [True, True, False]
+    assert load_backbone(f"pul:{second}").info.is_random and not load_backbone(f"pul:{real}").info.is_random
+
+    made = make_synthetic(tmp_path / "data", n=2, seed=0)
+    for weights, expected in ((second, True), (real, False)):
+        out = tmp_path / f"run-{weights.stem}"
+        assert eval_main(["run", "--dataset", "voc07", "--root", str(made.out), "--backbone", f"pul:{weights}",
+                          "--out", str(out), "--no-progress", "--workers", "0"]) == 0
+        err = capsys.readouterr().err
+        assert json.loads((out / "results.json").read_text())["random_backbone"] is expected
+        assert json.loads((out / "config.json").read_text()).get("random_backbone", False) is expected
+        assert (f"note: backbone 'pul:{weights}' is a pipeline check, not a model" in err) is expected, err
+
+
+def test_checkpoints_from_before_the_key_are_judged_by_their_base():
+    from discovery.backbone import BackboneInfo, is_pipeline_check
+
+    assert is_pipeline_check({"kind": "pul", "base": {"name": "random", "sha256": "random-seed0"}})
+    assert not is_pipeline_check({"kind": "pul", "base": {"name": "pul:x", "sha256": "ab12"}})
+    assert is_pipeline_check({"kind": "cad", "base": {"sha256": "ab12"}, "pseudo_boxes": {"run_config": {"weights_sha256": "random-seed0"}}})
+    assert is_pipeline_check({"base": {"sha256": "ab12"}, "pseudo_boxes": {"run_config": {"random_backbone": True}}})
+    assert not is_pipeline_check({"pipeline_check": False, "base": {"sha256": "random-seed0"}})  # the key decides
+    assert not is_pipeline_check({"base": "not a mapping"})
+    assert BackboneInfo("pul:x", "ab12", True, metadata={"pipeline_check": True}).is_random
+    assert BackboneInfo("random", "random-seed3", True).is_random and not BackboneInfo("x", "ab12", True).is_random
+
+
+def test_plot_has_integer_step_ticks(tmp_path):
+    from discovery.pul.dynamics import DynamicsLog, dynamics_figure
+
+    log = DynamicsLog(tmp_path / "dyn.csv", classes=2, start_step=0)
+    for step in range(2):
+        log.write(step, 0, 1.0 - 0.1 * step, 0.01 * step, 1.0, 1e-3, [3, 1], 0.1, 1.0)
+    log.close()
+    fig = dynamics_figure(read_dynamics(tmp_path / "dyn.csv"))
+    fig.canvas.draw()
+    ticks = fig.axes[-1].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    loss_axes = fig.axes[0]
+    legend = loss_axes.get_legend().get_window_extent()
+    assert legend.x0 >= loss_axes.get_window_extent().x1  # beside the panel, not over the cross-entropy line

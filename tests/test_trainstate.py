@@ -56,3 +56,10 @@ def test_clip_gradients_scales_to_the_norm_and_zero_is_off():
     clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in net.parameters()]).double())
     assert float(clipped) == pytest.approx(1.0)
     assert clip_gradients(nn.Linear(1, 1), 1.0) == 0.0  # no gradients yet
+
+
+def test_a_state_file_makes_its_folder(tmp_path):
+    """``--out weights/x.safetensors --stop-after N`` in a fresh checkout: the state's folder does not exist yet."""
+    path = state_path(tmp_path / "weights" / "x.safetensors")
+    save_state(path, {"step": 1})
+    assert torch.load(path, weights_only=True) == {"step": 1}

@@ -41,3 +41,18 @@ def test_grid_overlays_are_drawn_on_the_padded_canvas_and_cropped():
     # the masked cell is columns 32..47 of the padded canvas: columns 32..39 of the picture
     tinted = (mask != (rgb * 0.35).astype(np.uint8)).any(axis=2)
     assert tinted[:16, 32:].all() and not tinted[:, :32].any() and not tinted[16:].any()
+
+
+def test_saved_figures_have_titles_colour_bars_and_the_note():
+    rgb = np.full((64, 80, 3), 128, np.uint8)
+    plain = viz.compose([viz.Panel(rgb, "box"), viz.Panel(rgb, "map", colorbar=("low", "high"))])
+    noted = viz.compose([viz.Panel(rgb, "box"), viz.Panel(rgb, "map", colorbar=("low", "high"))], note="a pipeline check")
+    strip = 18
+    assert plain.shape == (strip + 64 + strip, 80 + 8 + 80, 3)
+    assert noted.shape == (plain.shape[0] + strip, plain.shape[1], 3)
+    assert (plain[:strip, :80] < 100).any()  # the title is written
+    bar = plain[strip + 64 : strip + 64 + strip // 2, 88:]
+    assert bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]  # JET: blue (cold) to red (hot)
+    assert (plain[strip + 64 :, :80] == 255).all()  # no colour bar under a picture that is not a map
+    note = noted[-strip:]
+    assert ((note[..., 0] > 150) & (note[..., 1] < 100)).any()  # red ink

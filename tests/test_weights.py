@@ -15,6 +15,7 @@ from torchvision.models import resnet50
 
 from discovery import weights as W
 from discovery.backbones import load_backbone
+from discovery.download import DownloadError
 
 
 def _state(seed: int = 0, stride_dilation=None) -> dict[str, torch.Tensor]:
@@ -149,8 +150,29 @@ def test_corrupt_checkpoint_gives_one_line(tmp_path):
 
 
 def test_fetch_is_refused_offline(tmp_path):
-    with pytest.raises(W.WeightsError, match="downloads are off"):
+    with pytest.raises(W.WeightsError, match="downloads are off") as err:
         W.fetch("imagenet", tmp_path)
+    assert "weights fetch" not in str(err.value)  # the command that was refused is not suggested
+
+
+@pytest.mark.parametrize("kept_bytes", [0, 10])
+def test_a_failed_download_names_a_kept_part_only_when_it_has_bytes(tmp_path, monkeypatch, kept_bytes):
+    monkeypatch.delenv("DISCOVERY_OFFLINE")
+    part = tmp_path / "resnet50-0676ba61.pth.part"
+    if kept_bytes:
+        part.write_bytes(b"x" * kept_bytes)
+
+    def failing(url, dest, *args, **kwargs):
+        raise DownloadError(f"download of {url} failed", "nothing received for 30 s", part if kept_bytes else None)
+
+    monkeypatch.setattr(W, "download_file", failing)
+    with pytest.raises(W.WeightsError) as err:
+        W.fetch("imagenet", tmp_path, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.count(str(tmp_path)) == 1 and "DISCOVERY_OFFLINE=1" in msg
+    assert "(nothing received for 30 s" in msg and "https://download.pytorch.org/models/resnet50-0676ba61.pth" in msg
+    assert ("10 bytes kept in resnet50-0676ba61.pth.part" in msg) == bool(kept_bytes)
+    assert (".part" in msg) == bool(kept_bytes)
 
 
 @pytest.mark.parametrize("stride", [8, 16, 32])

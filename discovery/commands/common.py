@@ -9,16 +9,23 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from ..images import ImageError
+import numpy as np
+
+from .. import viz
+from ..images import IMAGE_SUFFIXES, ImageError, image_files
+from ..localizer import Embedding, Localization
 from ..weights import WeightsError
 
 T = TypeVar("T")
 
 RANDOM_NOTE = "note: backbone 'random' is a pipeline check, not a model"
+#: What a saved figure of a ``random`` backbone says across its bottom.
+RANDOM_FIGURE_NOTE = "backbone 'random': a pipeline check, not a model"
 
 
 class ImageLoop:
-    """Iterate ``(image, load(image))`` over user-given images; an unreadable one gets one
+    """Iterate ``(image, load(image))`` over user-given images, a folder standing for the images in
+    it (recursively, :func:`~discovery.images.image_files`); an unreadable one gets one
     ``error: <file>: <reason>`` line on stderr and is counted, and the others still run.
 
     ``exit_code`` is 1 once any image failed, else 0.
@@ -27,8 +34,19 @@ class ImageLoop:
     def __init__(self, images: Iterable[str], load: Callable[[str], T]):
         self.images, self.load, self.failed = list(images), load, 0
 
-    def __iter__(self) -> Iterator[tuple[str, T]]:
+    def _expanded(self) -> Iterator[str]:
         for image in self.images:
+            if not Path(image).is_dir():
+                yield image
+                continue
+            found = image_files(image)
+            if not found:
+                print(f"error: {image}: a folder with no images (looked recursively for {' '.join(IMAGE_SUFFIXES)})", file=sys.stderr)
+                self.failed += 1
+            yield from map(str, found)
+
+    def __iter__(self) -> Iterator[tuple[str, T]]:
+        for image in self._expanded():
             try:
                 loaded = self.load(image)
             except ImageError as err:
@@ -65,6 +83,19 @@ class OverlayNames:
             path, n = self.folder / f"{stem}-{n}{suffix}", n + 1
         self.taken.add(path)
         return path
+
+
+def lost_figure(emb: Embedding, loc: Localization, is_random: bool) -> np.ndarray:
+    """Box and seed | inverse degree map (with its colour bar) | seed component, titled."""
+    box, degree, mask = viz.lost_panels(emb.image.rgb, tuple(emb.image.tensor.shape[1:]), loc)
+    return viz.compose(
+        [
+            viz.Panel(box, f"LOST box and seed ({loc.backbone}, stride {loc.stride})"),
+            viz.Panel(degree, "inverse degree", colorbar=("many links", "few links: seed")),
+            viz.Panel(mask, f"seed component (k={loc.k})"),
+        ],
+        note=RANDOM_FIGURE_NOTE if is_random else None,
+    )
 
 
 def with_random_fallback(build: Callable[[str], T], backbone: str) -> T:

@@ -12,8 +12,7 @@ from PIL import Image
 from .. import options
 from ..examples import EXAMPLES, example_path
 from ..localizer import Localizer
-from .common import OverlayNames, with_random_fallback
-from .locate import lost_panels
+from .common import OverlayNames, lost_figure, with_random_fallback
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     loc = localizer.localize(emb)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     overlay = OverlayNames(args.out_dir)(path, loc.backbone, "lost")
-    Image.fromarray(lost_panels(emb, loc)).save(overlay)
+    Image.fromarray(lost_figure(emb, loc, localizer.backbone.info.is_random)).save(overlay)
     print(json.dumps({"image": str(path), **loc.to_json(), "overlay": str(overlay)}))
     print(f"overlay (box and seed | degree map | seed mask) written to {overlay}", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ from ..examples import EXAMPLES, example_path
 from ..explain import DEFAULT_THRESHOLD, METHODS, CamResult, Explainer
 from ..localizer import DEFAULT_MAX_SIDE, Localizer
 from ..sanity import plot_sanity, sanity_check
-from .common import RANDOM_NOTE, ImageLoop, OverlayNames, with_random_fallback
+from .common import RANDOM_FIGURE_NOTE, RANDOM_NOTE, ImageLoop, OverlayNames, with_random_fallback
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -46,9 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def cam_overlay(rgb: np.ndarray, res: CamResult) -> np.ndarray:
-    """The heat map over the image with the CAM box drawn on it."""
-    return viz.draw_box(viz.heatmap(rgb, res.cam), res.box, res.embedding.image.original_size)
+def cam_figure(rgb: np.ndarray, res: CamResult, backbone: str, is_random: bool) -> np.ndarray:
+    """The heat map over the image with the CAM box drawn on it, titled, with its colour bar."""
+    overlay = viz.draw_box(viz.heatmap(rgb, res.cam), res.box, res.embedding.image.original_size)
+    title = f"{res.method}: {res.target_name} ({backbone})"
+    if res.probability is not None:
+        title = f"{res.method}: {res.target_name} p={res.probability:.2f} ({backbone})"
+    return viz.compose([viz.Panel(overlay, title, colorbar=("low", "high"))], note=RANDOM_FIGURE_NOTE if is_random else None)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     for folder in (args.out_dir, args.plot.parent if args.plot else None):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+    several = len(images) > 1 or any(Path(image).is_dir() for image in images)
     overlays = OverlayNames(args.out_dir) if args.out_dir else None
     plots = OverlayNames(args.plot.parent) if args.plot else None
     loop = ImageLoop(images, localizer.prepare)
@@ -102,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
         record = {"image": image, **res.to_json(), "backbone": info.name, "weights_sha256": info.sha256}
         if overlays:
             out = overlays(image, info.name, args.method)
-            Image.fromarray(cam_overlay(prepared.rgb, res)).save(out)
+            Image.fromarray(cam_figure(prepared.rgb, res, info.name, info.is_random)).save(out)
             record["overlay"] = str(out)
         if args.sanity_check:
             record["sanity"] = [s.to_json() for s in report.steps]
             print(f"sanity check, {image} ({args.method}, target {res.target_name}):\n{report.table()}", file=sys.stderr)
             if args.plot:
-                path = _plot_path(args.plot, image, info.name, len(images) > 1, plots)
+                path = _plot_path(args.plot, image, info.name, several, plots)
                 plot_sanity(report, prepared.rgb, path)
                 record["plot"] = str(path)
         print(json.dumps(record), flush=True)

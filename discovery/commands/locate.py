@@ -8,13 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from .. import options
-from .. import viz
-from ..localizer import DEFAULT_MAX_SIDE, Embedding, Localization, Localizer
-from .common import RANDOM_NOTE, ImageLoop, OverlayNames
+from ..localizer import DEFAULT_MAX_SIDE, Localizer
+from .common import RANDOM_NOTE, ImageLoop, OverlayNames, lost_figure
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print the boxes and scores of this detector (`discovery cad train`) instead of LOST's box")
     p.add_argument("--top-k", type=options.positive_int, default=5, help="with --detector: boxes per image (default 5)")
     p.set_defaults(run=run)
-
-
-def lost_panels(emb: Embedding, loc: Localization) -> np.ndarray:
-    """Box and seed | degree map | seed mask, side by side."""
-    return viz.side_by_side(*viz.lost_panels(emb.image.rgb, tuple(emb.image.tensor.shape[1:]), loc))
 
 
 def run_detector(args: argparse.Namespace) -> int:
@@ -66,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         record = {"image": image, **loc.to_json()}
         if names:
             out = names(image, loc.backbone, "lost")
-            Image.fromarray(lost_panels(emb, loc)).save(out)
+            Image.fromarray(lost_figure(emb, loc, localizer.backbone.info.is_random)).save(out)
             record["overlay"] = str(out)
         print(json.dumps(record), flush=True)
     return loop.exit_code

@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions.add_parser("list", help="what is known and what is present").set_defaults(run=list_weights)
     fetch = actions.add_parser("fetch", help="download weights (needs a network)")
     fetch.add_argument("names", nargs="+", metavar="NAME")
+    options.add_download_timeout(fetch)
     fetch.set_defaults(run=fetch_weights)
     actions.add_parser("verify", help="check the hash of every present file").set_defaults(run=verify_weights)
     path = actions.add_parser("path", help="where a file must go, and its URL")
@@ -53,7 +54,7 @@ def fetch_weights(args: argparse.Namespace) -> int:
             W.verify(found, spec)
             print(f"{name}: already present at {found}")
             continue
-        print(f"{name}: {W.fetch(name, args.weights_dir)}")
+        print(f"{name}: {W.fetch(name, args.weights_dir, timeout=args.timeout)}")
     return 0
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..backbone import PIPELINE_CHECK
 from ..precision import precision_record
 from ..provenance import git_revision
 from .data import labels_digest, resize_side
@@ -38,6 +39,7 @@ def metadata(
     return {
         "format": FORMAT,
         "kind": "pul",
+        PIPELINE_CHECK: base.info.is_random,
         "library_version": __version__,
         "torch_version": torch.__version__,
         "git_revision": git_revision(),

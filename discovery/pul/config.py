@@ -58,7 +58,7 @@ class PULConfig:
             .. epochs, each with the projector under :data:`discovery.backbones.PROJECTOR_PREFIX`.
         device: ``cpu``, ``cuda``, ``cuda:N``; under torchrun with CUDA each rank uses ``cuda:LOCAL_RANK``.
         weights_dir: where registry weights live (default: the project's ``weights/``).
-        progress: show a tqdm bar (rank 0 only).
+        progress: show progress (a bar on a terminal, plain lines in a log: :mod:`discovery.progress`; rank 0 only).
     """
 
     base: str

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .data import PULError
 from .figures import pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class DynamicsLog:
@@ -75,12 +79,14 @@ def read_dynamics(path: str | Path) -> dict[str, np.ndarray]:
     return {name: data[:, j] for j, name in enumerate(header)}
 
 
-def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
-    """Draw a dynamics CSV to a PNG: losses, the predicted-class shares per step (the swing
-    phenomenon), the function speed (log scale, with a moving average) and, when the run was
-    scored while training, CorLoc at the scored steps."""
+def dynamics_figure(data: dict[str, np.ndarray]) -> Figure:
+    """The figure of :func:`read_dynamics`'s columns (a matplotlib ``Figure``; close it after use):
+    losses, the predicted-class shares per step (the swing phenomenon), the function speed (log
+    scale, with a moving average) and, when the run was scored while training, CorLoc at the
+    scored steps. The step axis has integer ticks; the legends sit right of their panels, off the lines."""
     plt = pyplot()
-    data = read_dynamics(csv_path)
+    from matplotlib.ticker import MaxNLocator
+
     steps = data["step"]
     hist_names = sorted((k for k in data if k.startswith("hist_")), key=lambda k: int(k[5:]))
     hist = np.stack([data[k] for k in hist_names])
@@ -88,17 +94,18 @@ def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
 
     scored = np.isfinite(data["corloc"]) if "corloc" in data else np.zeros(len(steps), dtype=bool)
     panels = 4 if scored.any() else 3
-    fig, axes = plt.subplots(panels, 1, figsize=(8, 3 * panels), sharex=True)
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 3 * panels), sharex=True)
+    outside = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
     marker = "." if len(steps) < 50 else None
     axes[0].plot(steps, data["ce"], marker=marker, label="cross-entropy")
     axes[0].plot(steps, data["kl"], marker=marker, label="KL(frozen || student) at T")
     axes[0].set_ylabel("loss")
-    axes[0].legend(loc="upper right")
+    axes[0].legend(**outside)
     axes[1].stackplot(steps, shares, labels=[f"class {k[5:]}" for k in hist_names], step="mid")
     axes[1].set_ylim(0, 1)
     axes[1].set_ylabel("share of batch")
     axes[1].set_title("predicted classes per batch (swing phenomenon)")
-    axes[1].legend(loc="upper right", fontsize="small")
+    axes[1].legend(fontsize="small", **outside)
     speed = np.maximum(data["speed"], 1e-12)
     axes[2].plot(steps, speed, alpha=0.4, marker=marker, label="KL(f_t+1 || f_t)")
     window = max(1, len(speed) // 20)
@@ -107,13 +114,21 @@ def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
         axes[2].plot(steps[window - 1:], smooth, label=f"moving average ({window})")
     axes[2].set_yscale("log")
     axes[2].set_ylabel("function speed")
-    axes[2].legend(loc="upper right")
+    axes[2].legend(**outside)
     if scored.any():
         axes[3].plot(steps[scored], data["corloc"][scored], marker="o")
         axes[3].set_ylabel("CorLoc (%)")
         axes[3].set_title("LOST CorLoc on the scoring images (after the step)")
     axes[-1].set_xlabel("step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
+    return fig
+
+
+def plot_dynamics(csv_path: str | Path, out: str | Path) -> Path:
+    """Draw a dynamics CSV (:func:`dynamics_figure`) to a PNG."""
+    plt = pyplot()
+    fig = dynamics_figure(read_dynamics(csv_path))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -185,8 +185,7 @@ def write_evidence(
     checkpoints = [load_checkpoint(n, stride, device, weights_dir) for n in names]
     labels, classes = training_labels(checkpoints, images)
     chosen = pick(images, count)
-    random_base = any(c.backbone.info.is_random or str(c.metadata.get("base", {}).get("sha256", "")).startswith("random")
-                      for c in checkpoints)
+    random_base = any(c.backbone.info.is_random for c in checkpoints)
     note = PIPELINE_NOTE if random_base else ""
     stats = []
     cells = []
