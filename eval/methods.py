@@ -52,7 +52,7 @@ def gradcam(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> li
     """Grad-CAM box (docs/explain.md): the top-1 class's map (the pooled-feature norm for headless
     backbones), thresholded at :data:`discovery.explain.DEFAULT_THRESHOLD` of its maximum, largest
     connected component. A classic baseline, scored with the same protocol as LOST (``k`` unused)."""
-    return [Proposal(cam.box) for cam in Explainer(localizer).explain_embeddings(embeddings)]
+    return [Proposal(cam.box) for cam in Explainer(localizer).explain(list(embeddings))]
 
 
 METHODS: MappingProxyType[str, FeatureMethod] = MappingProxyType({"lost": lost, "gradcam": gradcam})

@@ -123,3 +123,23 @@ def test_bad_device_and_max_side_are_one_line(tmp_path, textured_image):
         assert out.returncode == 2, out.stderr
         assert expected in out.stderr and "Traceback" not in out.stderr
         assert out.stderr.count("\n") == 1
+
+
+def test_app_without_its_extra_is_one_line(tmp_path):
+    """`discovery app` where Gradio is not installed (the package without `[app]`): one line naming the extra."""
+    missing = tmp_path / "gradio"
+    missing.mkdir()
+    (missing / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'gradio'\", name='gradio')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "discovery", "app", "--port", "0"], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr == "error: the app needs Gradio: pip install 'object-discovery[app]'\n"
+
+
+def test_version_and_help():
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("discovery 0.")
+    listing = cli("--help").stdout
+    for command in ("locate", "demo", "explain", "pul", "cad", "weights", "eval", "reproduce", "app"):
+        assert command in listing

@@ -35,6 +35,9 @@ def run_detector(args: argparse.Namespace) -> int:
     if args.out_dir:
         raise ValueError("--out-dir draws LOST's panels; it does not apply with --detector")
     detector = Detector(args.detector, device=args.device, max_side=args.max_side or None)
+    if detector.is_random:
+        print(f"note: detector {args.detector} is a pipeline check, not a model (trained from the 'random' backbone or its boxes)",
+              file=sys.stderr)
     loop = ImageLoop(args.images, lambda image: detector(image, top_k=args.top_k))
     for image, found in loop:
         print(json.dumps({"image": image, **found.to_json(), "detector_sha256": detector.sha256}), flush=True)
