@@ -111,21 +111,6 @@ class PseudoBoxes:
     predictions_sha256: str
 
 
-@dataclass(frozen=True)
-class CADResult:
-    """``out`` (``None`` when stopped early), the state file, iterations done of ``iterations``."""
-
-    out: Path | None
-    state: Path
-    steps: int
-    iterations: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def finished(self) -> bool:
-        return self.out is not None
-
-
 def image_path(dataset: str, root: Path, image_id: str) -> Path:
     """Where the harness read ``image_id`` from: ``root`` is the run's resolved dataset folder
     (``VOC2007``-like for VOC, the COCO folder for COCO20k)."""
@@ -268,9 +253,9 @@ def pipeline_note(base: Backbone, data: PseudoBoxes) -> str | None:
     return None
 
 
-def train(config: CADConfig, data: PseudoBoxes, log: Say | None = None) -> CADResult:
+def train(config: CADConfig, data: PseudoBoxes, log: Say | None = None) -> Outcome:
     """Train (or resume) on ``data`` (:func:`pseudo_boxes` of ``config.run``) as configured; returns
-    a :class:`CADResult`. Under torchrun every rank calls this. Raises :class:`CADError`, ``FileExistsError``, ``FileNotFoundError`` or
+    the loop's :class:`~discovery.training.Outcome`. Under torchrun every rank calls this. Raises :class:`CADError`, ``FileExistsError``, ``FileNotFoundError`` or
     ``WeightsError`` (one line) for user mistakes."""
     dist = from_env(config.device)
     say = reporter(log, dist)
@@ -285,8 +270,7 @@ def train(config: CADConfig, data: PseudoBoxes, log: Say | None = None) -> CADRe
     if note:
         say(note)
     with joined(dist):
-        done = run(CADTrainer(config, dist, device, data, base), Control.of(config), dist, device, say)
-    return CADResult(done.out, done.state, done.steps, done.total_steps, done.metadata)
+        return run(CADTrainer(config, dist, device, data, base), Control.of(config), dist, device, say)
 
 
 class CADTrainer(Trainer):

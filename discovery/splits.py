@@ -144,7 +144,7 @@ def find_coco_folder(root: Path) -> tuple[Path, Path, Path]:
         "  ROOT/",
         "  ├── train2014/COCO_train2014_<id>.jpg      (or images/train2014/)",
         "  ├── annotations/instances_train2014.json",
-        "  └── coco_20k_filenames.txt                 (or --image-list FILE; `python -m eval fetch-coco20k --root ROOT`)",
+        "  └── coco_20k_filenames.txt                 (or --image-list FILE; `discovery eval fetch-coco20k --root ROOT`)",
         f"found in {root}: {_listing(root)}",
     ]
     raise DatasetError("\n".join(lines))
@@ -177,7 +177,7 @@ def coco20k_list(root: Path, folder: Path, image_list: str | Path | None) -> Pat
             if candidate.is_file():
                 return candidate
         raise DatasetError(
-            f"COCO20k needs LOST's image list {COCO20K_LIST_NAME}: run `python -m eval fetch-coco20k --root {root}` "
+            f"COCO20k needs LOST's image list {COCO20K_LIST_NAME}: run `discovery eval fetch-coco20k --root {root}` "
             "or pass --image-list FILE"
         )
     image_list = Path(image_list).expanduser()

@@ -260,6 +260,10 @@ class Outcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def finished(self) -> bool:
+        return self.out is not None
+
+    @property
     def images_per_s(self) -> float:
         return round(self.images / self.seconds, 2) if self.images and self.seconds > 0 else 0.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +41,9 @@ def test_explain_writes_overlays_and_json(images, tmp_path, capsys):
         x1, y1, x2, y2 = rec["box"]
         assert 0 <= x1 < x2 <= size[1] and 0 <= y1 < y2 <= size[0]
         overlay = np.asarray(Image.open(rec["overlay"]))
-        assert overlay.shape == (*size, 3)
+        assert Path(rec["overlay"]).name == f"{Path(rec['image']).stem}_random_gradcam.png"
+        # the map at the image's size, with an 18 px title above, its colour bar and the random note below
+        assert overlay.shape == (18 + size[0] + 18 + 18, size[1], 3)
     assert "pipeline check" in captured.err
 
 

@@ -81,5 +81,5 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(config, pseudo_boxes(run, args.root))
     if result.finished and from_env().is_main:
         print(f"wrote {result.out} ({result.steps} iterations); use it with "
-              f"`discovery locate --detector {result.out}` or `python -m eval run --method cad:{result.out}`")
+              f"`discovery locate --detector {result.out}` or `discovery eval run --method cad:{result.out}`")
     return 0
