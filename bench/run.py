@@ -12,6 +12,7 @@ import copy
 import json
 import multiprocessing
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -148,6 +149,27 @@ def app_latency(localizer: Localizer, path: Path, repeats: int = 3) -> float:
     return min(_timed(once) for _ in range(repeats))
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def startup_s(argv: list[str], repeats: int = 3) -> float:
+    """Fastest wall time of a whole new process running ``argv`` (e.g. ``discovery --help``)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(argv, capture_output=True, check=False)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def run_eval(
     root: Path, out: Path, limit: int, args: argparse.Namespace, precision: str = "fp32", tf32: bool = False
 ) -> dict:
@@ -243,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = make_voc(tmp, max(n, rss_counts[1], gpu_images))
         if on_gpu:  # made before CUDA starts: the generator forks
             make_voc(tmp / "coco", gpu_images // 2, sizes=COCO_SIZES)
-        figures: dict = {"images": n, "device": args.device, "precision": args.precision, "threads": torch.get_num_threads()}
+        figures: dict = {"images": n, "device": args.device, "precision": args.precision, "threads": torch.get_num_threads(),
+                         "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+        discovery = str(Path(sys.executable).with_name("discovery"))
+        figures["startup_python_s"] = round(startup_s([sys.executable, "-c", "pass"]), 3)
+        figures["startup_help_s"] = round(startup_s([discovery, "--help"]), 3)
         print(f"bench: {n} synthetic VOC-sized images, backbone 'random' (a pipeline check: timings, not accuracy)")
 
         peaks = gemm_gflops()
@@ -305,6 +331,10 @@ def report(f: dict) -> None:
 
     rss_growth = f["rss_mb_500"] - f["rss_mb_50"]
     rows = [
+        ("machine", f["machine"], f"{f['threads']} threads"),
+        ("startup: `discovery --help`", f"{f['startup_help_s']:.2f} s",
+         f"{f['startup_help_s'] / max(f['startup_python_s'], 1e-3):.1f}x a bare `python -c pass` ({f['startup_python_s']:.2f} s); "
+         f"target < 1 s: {mark(f['startup_help_s'] < 1.0)}"),
         ("fp32 GEMM peak (oneDNN | MKL mm)", f"{f['gemm_gflops']:.1f} | {f['gemm_gflops_mm']:.1f} GFLOP/s", ""),
         ("baseline (reference loop)", f"{f['baseline_images_per_s']:.3f} img/s", ""),
         ("ours (eval run path)", f"{f['ours_images_per_s']:.3f} img/s", ""),

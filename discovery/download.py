@@ -45,7 +45,7 @@ TIMEOUT_HELP = (
 
 class DownloadError(OSError):
     """A download that failed or was refused; ``str(err)`` is one line. An ``OSError``, so every
-    CLI reports it as a user error (``discovery.cli.USER_ERRORS``).
+    CLI reports it as a user error (one ``error:`` line).
 
     Attributes:
         reason: why, in a few words (``nothing received for 30 s``, ``HTTP 404 Not Found``...), for

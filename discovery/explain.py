@@ -30,16 +30,12 @@ import torch
 
 from .backbone import Backbone, eval_mode
 from .classes import class_name, resolve_class
+from .defaults import CAM_METHODS, DEFAULT_THRESHOLD
 from .geometry import ImageGeometry
 from .images import ImageInput, PreparedImage
 from .localizer import Embedding, Localizer
 
-METHODS = ("gradcam", "eigencam")
-
-DEFAULT_THRESHOLD = 0.2
-"""CAM → box threshold as a fraction of the map's maximum: Zhou et al. (CAM, 2016) segment at 20 %
-of the max and box the largest connected component; Grad-CAM (Selvaraju et al.) uses 15 %. Higher
-values (0.5) give tighter boxes around the peak only, which under-covers whole objects."""
+METHODS = CAM_METHODS
 
 EMBEDDING_TARGET = "embedding norm (L2 norm of the pooled layer4 feature)"
 EIGEN_TARGET = "first principal component of layer4 activations (class-agnostic)"

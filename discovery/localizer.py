@@ -15,12 +15,12 @@ import torch
 
 from .backbone import Backbone, eval_mode
 from .backbones import load_backbone
+from .defaults import DEFAULT_MAX_SIDE
 from .images import ImageInput, PreparedImage, normalize_and_pad_batch, prepare
 from .lost import DEFAULT_K, LostResult, localize_batch
 from .precision import conv_layout, fp32_math
 from .resnet import fold_batchnorm
 
-DEFAULT_MAX_SIDE = 1024
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

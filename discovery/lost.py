@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import torch
 
-from .geometry import ImageGeometry, padded_size  # noqa: F401  (padded_size: still importable from here)
+from .defaults import DEFAULT_K
+from .geometry import ImageGeometry
 
 #: LOST's number of expansion candidates (the reference's default).
-DEFAULT_K = 100
 
 
 @dataclass(frozen=True, eq=False)

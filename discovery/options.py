@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .names import backbone_names
+from .defaults import STRIDES
 from .download import TIMEOUT_HELP
-from .resnet import STRIDES
+from .names import backbone_names
 
 T = TypeVar("T")
 

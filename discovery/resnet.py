@@ -15,11 +15,10 @@ from torchvision.models import resnet50
 from . import weights as W
 from .architecture import RESNET50
 from .backbone import Backbone, BackboneInfo, check_device, ready
+from .defaults import STRIDES
 
-#: layer2/3/4 dilation per output stride (torchvision's ``replace_stride_with_dilation``).
+#: layer2/3/4 dilation (torchvision's ``replace_stride_with_dilation``) for each of :data:`~discovery.defaults.STRIDES`.
 STRIDE_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
-#: The output strides every command accepts (the one place they are spelled out).
-STRIDES = tuple(sorted(STRIDE_DILATION))
 
 
 def network(stride: int) -> nn.Module:

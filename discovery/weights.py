@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .download import Checksum, DownloadError, file_digest, offline
 from .download import download as download_file
 
@@ -129,6 +127,8 @@ def default_weights_dir() -> Path:
 
 def hub_checkpoints_dir() -> Path:
     """torch's own cache of downloaded weights, shared with torchvision."""
+    import torch  # here, not at the top: the registry and names are read by parsers that need no torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -224,6 +224,8 @@ def load_file(path: Path, strip: bool = True) -> tuple[dict[str, torch.Tensor], 
     ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` and may carry a JSON
     sidecar ``<file>.json``. Raises :class:`WeightsError` (one line) for unreadable or unsafe files.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
@@ -272,6 +274,8 @@ def extract_state_dict(obj: Any, path: Path, strip: bool = True) -> dict[str, to
     (ResNet50 files): strips ``module.`` and ``backbone.`` prefixes and drops ``head.*`` (DINO's
     projection head). ``fc.*`` is kept here: whether it is used is the backbone's decision.
     """
+    import torch
+
     if isinstance(obj, dict):
         for key in ("teacher", "state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from discovery.geometry import padded_size
 from discovery.images import PreparedImage, normalize_and_pad
-from discovery.lost import padded_size
 
 from .datasets import Item
 

@@ -143,3 +143,14 @@ def test_version_and_help():
     listing = cli("--help").stdout
     for command in ("locate", "demo", "explain", "pul", "cad", "weights", "eval", "reproduce", "app"):
         assert command in listing
+
+
+def test_help_and_argument_errors_import_no_torch():
+    """`discovery --help`, a command's `--help` and an argument error build only the parser they need:
+    no torch (its import takes seconds; the bench times `discovery --help`)."""
+    probe = ("import sys\nfrom discovery.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)")
+    for argv in (["--help"], ["locate", "--help"], ["explain", "--help"], ["demo", "--help"], ["weights", "--help"],
+                 ["locate", "x.jpg", "--k", "-3"], ["nope"], []):
+        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert out.stderr.splitlines()[-1] == "no torch", (argv, out.stderr)

@@ -20,8 +20,8 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cad", help="train a class-agnostic detector on discovered boxes (LOST+CAD)")
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of `discovery cad`."""
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d, a = CADConfig(run=Path(), base="", out=Path()), DetectorConfig()
     t = actions.add_parser("train", help="train a Faster R-CNN (C4 on a ResNet50) on the boxes of an `eval run` folder")

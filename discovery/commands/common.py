@@ -12,6 +12,7 @@ from typing import TypeVar
 import numpy as np
 
 from .. import viz
+from ..explain import CamResult
 from ..images import IMAGE_SUFFIXES, ImageError, image_files
 from ..localizer import Embedding, Localization
 from ..weights import WeightsError
@@ -96,6 +97,15 @@ def lost_figure(emb: Embedding, loc: Localization, is_random: bool) -> np.ndarra
         ],
         note=RANDOM_FIGURE_NOTE if is_random else None,
     )
+
+
+def cam_figure(rgb: np.ndarray, res: CamResult, backbone: str, is_random: bool) -> np.ndarray:
+    """The heat map over the image with the CAM box drawn on it, titled, with its colour bar."""
+    overlay = viz.draw_box(viz.heatmap(rgb, res.cam), res.box, res.embedding.image.original_size)
+    title = f"{res.method}: {res.target_name} ({backbone})"
+    if res.probability is not None:
+        title = f"{res.method}: {res.target_name} p={res.probability:.2f} ({backbone})"
+    return viz.compose([viz.Panel(overlay, title, colorbar=("low", "high"))], note=RANDOM_FIGURE_NOTE if is_random else None)
 
 
 def with_random_fallback(build: Callable[[str], T], backbone: str) -> T:

@@ -7,16 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from .. import options
 from ..examples import EXAMPLES, example_path
-from ..localizer import Localizer
-from .common import OverlayNames, lost_figure, with_random_fallback
+
+# Heavy modules (torch, the models) are imported in the functions that run, so parsing is quick.
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="localize a bundled example photo and save the overlay")
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of `discovery demo`."""
     p.add_argument("--example", default="chelsea", choices=sorted(EXAMPLES), help="the bundled photo (default chelsea)")
     options.add_model(p)
     p.add_argument("--out-dir", type=Path, default=Path("out"), help="folder for the overlay (default out/)")
@@ -25,6 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..localizer import Localizer
+    from .common import OverlayNames, lost_figure, with_random_fallback
+
     localizer = with_random_fallback(
         lambda name: Localizer(name, device=args.device, stride=args.stride, weights_dir=args.weights_dir), args.backbone
     )

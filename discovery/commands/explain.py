@@ -11,27 +11,26 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from .. import options
-from .. import viz
+from ..defaults import CAM_METHODS, DEFAULT_MAX_SIDE, DEFAULT_THRESHOLD
 from ..examples import EXAMPLES, example_path
-from ..explain import DEFAULT_THRESHOLD, METHODS, CamResult, Explainer
-from ..localizer import DEFAULT_MAX_SIDE, Localizer
-from ..sanity import plot_sanity, sanity_check
-from .common import RANDOM_FIGURE_NOTE, RANDOM_NOTE, ImageLoop, OverlayNames, with_random_fallback
+
+if TYPE_CHECKING:
+    from .common import OverlayNames
+
+# Heavy modules (torch, the models) are imported in the functions that run, so parsing is quick.
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", help="explain what the network looked at (Grad-CAM / EigenCAM)")
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of `discovery explain`."""
     p.add_argument("images", nargs="*", metavar="IMAGE")
     p.add_argument("--example", action="append", default=[], choices=sorted(EXAMPLES), help="also explain a bundled example photo (repeatable)")
     options.add_model(p)
-    p.add_argument("--method", default="gradcam", choices=METHODS, help="saliency method (default gradcam)")
+    p.add_argument("--method", default="gradcam", choices=CAM_METHODS, help="saliency method (default gradcam)")
     p.add_argument(
         "--target", default=None, metavar="CLASS",
         help="ImageNet class index or name to explain (default: the top-1 prediction; "
@@ -44,15 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="with --sanity-check: save the maps and metrics as a figure")
     options.add_seed(p, 0, "the sanity check's re-initialisation")
     p.set_defaults(run=run)
-
-
-def cam_figure(rgb: np.ndarray, res: CamResult, backbone: str, is_random: bool) -> np.ndarray:
-    """The heat map over the image with the CAM box drawn on it, titled, with its colour bar."""
-    overlay = viz.draw_box(viz.heatmap(rgb, res.cam), res.box, res.embedding.image.original_size)
-    title = f"{res.method}: {res.target_name} ({backbone})"
-    if res.probability is not None:
-        title = f"{res.method}: {res.target_name} p={res.probability:.2f} ({backbone})"
-    return viz.compose([viz.Panel(overlay, title, colorbar=("low", "high"))], note=RANDOM_FIGURE_NOTE if is_random else None)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -77,6 +67,13 @@ def _plot_path(plot: Path, image: str, backbone: str, several: bool, names: Over
 
 
 def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..explain import Explainer
+    from ..localizer import Localizer
+    from ..sanity import plot_sanity, sanity_check
+    from .common import RANDOM_NOTE, ImageLoop, OverlayNames, cam_figure, with_random_fallback
+
     _check_args(args)
     images = list(args.images) + [str(example_path(name)) for name in args.example]
     if not images:

@@ -8,15 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from .. import options
-from ..localizer import DEFAULT_MAX_SIDE, Localizer
-from .common import RANDOM_NOTE, ImageLoop, OverlayNames, lost_figure
+from ..defaults import DEFAULT_MAX_SIDE
+
+# Heavy modules (torch, the models) are imported in the functions that run, so parsing is quick.
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("locate", help="find the object in images with LOST")
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of `discovery locate`."""
     p.add_argument("images", nargs="+", metavar="IMAGE")
     options.add_model(p)
     options.add_k(p)
@@ -31,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_detector(args: argparse.Namespace) -> int:
     from ..detector import Detector
+    from .common import ImageLoop
 
     if args.out_dir:
         raise ValueError("--out-dir draws LOST's panels; it does not apply with --detector")
@@ -47,6 +47,11 @@ def run_detector(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.detector is not None:
         return run_detector(args)
+    from PIL import Image
+
+    from ..localizer import Localizer
+    from .common import RANDOM_NOTE, ImageLoop, OverlayNames, lost_figure
+
     localizer = Localizer(
         args.backbone, device=args.device, stride=args.stride,
         max_side=args.max_side or None, weights_dir=args.weights_dir,

@@ -16,8 +16,8 @@ from ..pul import DATASETS, PULConfig
 from ..pul.config import TRAIN_PRECISIONS
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pul", help="refine a backbone on random labels (PUL), plot its training dynamics")
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of `discovery pul`."""
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d = PULConfig(base="", out=Path())
 

@@ -9,8 +9,8 @@ from .. import options
 from .. import weights as W
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("weights", help="list, fetch, verify and locate weights files")
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of `discovery weights`."""
     options.add_weights_dir(p)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="what is known and what is present").set_defaults(run=list_weights)
