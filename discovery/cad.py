@@ -37,7 +37,8 @@ from .distributed import DistContext, from_env
 from .geometry import hflip_boxes
 from .names import parse_backbone_name
 from .provenance import git_revision
-from .training import Control, Outcome, Say, StepLoss, Trainer, check_control, derive_seed, generator, joined, reporter, run
+from .sampling import derive_seed, generator
+from .training import Control, Outcome, Say, StepLoss, Trainer, check_control, joined, reporter, run
 
 STATE_FORMAT = "discovery-cad-state/1"
 VOC = ("voc07", "voc12")

@@ -36,7 +36,7 @@ from discovery.pul import (
 )
 from discovery.provenance import git_revision
 from discovery.pul.data import PULImages, labels_digest, list_folder, random_labels
-from discovery.training import rank_batches, steps_per_epoch
+from discovery.sampling import rank_batches, steps_per_epoch
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = ["pul", "train", "--no-progress", "--workers", "0", "--input-size", "32", "--batch-size", "4", "--lr", "0.001", "--epochs", "1"]

@@ -5,7 +5,7 @@ image list, never of the process, the worker or the batch order. That is what ma
 reproducible on CPU, resumable in the middle of an epoch, and identical across DDP ranks:
 
 - label of image ``i``: the ``i``-th draw of a generator seeded from ``seed`` (:func:`random_labels`);
-- order of epoch ``e``: a permutation seeded from ``(seed, "order", e)`` (:func:`discovery.training.epoch_order`);
+- order of epoch ``e``: a permutation seeded from ``(seed, "order", e)`` (:func:`discovery.sampling.epoch_order`);
 - augmentation of image ``i`` in epoch ``e``: a generator seeded from ``(seed, "augment", e, i)``.
 
 No annotation file is ever opened: with ``--dataset`` only the split's image list is used.
@@ -24,8 +24,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..images import ImageError, decode
+from ..sampling import generator
 from ..splits import DatasetError, image_paths
-from ..training import generator
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 

@@ -13,7 +13,7 @@ from ..architecture import RESNET50
 from ..backbone import Backbone, BackboneInfo
 from ..backbones import PROJECTOR_PREFIX
 from ..resnet import backbone_from_state
-from ..training import derive_seed
+from ..sampling import derive_seed
 from .data import PULError
 
 if TYPE_CHECKING:

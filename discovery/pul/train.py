@@ -18,7 +18,8 @@ from ..backbones import PROJECTOR_PREFIX, load_backbone
 from ..distributed import DistContext, from_env
 from ..precision import fp32_math
 from ..trainstate import save_checkpoint
-from ..training import Control, Outcome, Say, StepLoss, Trainer, generator, joined, reporter, run, steps_per_epoch
+from ..sampling import generator, steps_per_epoch
+from ..training import Control, Outcome, Say, StepLoss, Trainer, joined, reporter, run
 from .checkpoint import STATE_FORMAT, epoch_path, metadata
 from .config import TRAIN_PRECISIONS, PULConfig, PULResult, validate
 from .data import (
