@@ -10,6 +10,8 @@ STRIDES = (8, 16, 32)
 DEFAULT_MAX_SIDE = 1024
 #: LOST's number of expansion candidates.
 DEFAULT_K = 100
+#: TokenCut's graph threshold: cosine similarity above which two cells are joined (main_tokencut.py).
+DEFAULT_TAU = 0.2
 #: Saliency methods of the explainer.
 CAM_METHODS = ("gradcam", "eigencam")
 DEFAULT_THRESHOLD = 0.2

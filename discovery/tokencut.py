@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .defaults import DEFAULT_TAU
 from .geometry import ImageGeometry
 from .lost import mask_to_box, seed_component
 
-#: TokenCut's graph threshold τ and non-edge weight ε (``main_tokencut.py``'s defaults).
-DEFAULT_TAU = 0.2
+#: TokenCut's non-edge weight ε (``main_tokencut.py``'s default; τ's is :data:`~discovery.defaults.DEFAULT_TAU`).
 DEFAULT_EPS = 1e-5
 #: Eigenvalues (of the normalised Laplacian, all in [0, 2]) this close to the second-smallest are
 #: taken as equal to it: far above float64 eigh's error (~N · 1e-16), far below the gaps ε creates.
@@ -81,11 +81,12 @@ def fiedler_vectors(graph: torch.Tensor) -> torch.Tensor:
     # The projector P onto that eigenspace does not depend on the basis eigh picked within it:
     # diag(P)[j] = ||P e_j||², and P e_j is column j of U diag(in_space) Uᵀ.
     kept = eigenvectors * in_space[:, None, :]
-    projected_norms = (kept * eigenvectors).sum(dim=2)  # (B, N)
-    first = torch.argmax((projected_norms >= 1.0 / n).to(torch.uint8), dim=1)  # lowest index (sum is ≥ 1)
+    squared_norms = (kept * eigenvectors).sum(dim=2)  # (B, N)
+    # they sum to the eigenspace's dimension (≥ 1), so at least one is ≥ 1/N
+    first = torch.argmax((squared_norms >= 1.0 / n).to(torch.uint8), dim=1)  # the lowest such index
     rows = torch.arange(batch, device=graph.device)
     column = torch.bmm(kept, eigenvectors[rows, first][:, :, None])[:, :, 0]  # P e_first, (B, N)
-    unit = column / projected_norms[rows, first].sqrt()[:, None]
+    unit = column / squared_norms[rows, first].sqrt()[:, None]
     return unit * inv_sqrt_degree
 
 
@@ -117,8 +118,9 @@ def localize_batch(
             raise ValueError(f"a {h}x{w} feature map at stride {stride} has cells outside a {height}x{width} image")
     vectors = fiedler_vectors(token_graph(features, tau, eps))  # (B, N)
     magnitude = vectors.abs()
-    tolerance = magnitude.amax(dim=1, keepdim=True) * RELATIVE_TOL
-    seeds = torch.argmax((magnitude >= magnitude.amax(dim=1, keepdim=True) - tolerance).to(torch.uint8), dim=1)
+    peak = magnitude.amax(dim=1, keepdim=True)
+    tolerance = peak * RELATIVE_TOL
+    seeds = torch.argmax((magnitude >= peak - tolerance).to(torch.uint8), dim=1)  # the lowest index of a tie
     rows = torch.arange(batch, device=features.device)
     vectors = vectors * torch.sign(vectors[rows, seeds])[:, None]
     above = vectors > vectors.mean(dim=1, keepdim=True) + tolerance

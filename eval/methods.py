@@ -4,8 +4,8 @@ Two kinds:
 
 - a :data:`FeatureMethod` maps a :class:`~discovery.localizer.Localizer` and a batch of computed
   embeddings (same padded size) to one :class:`Proposal` per image, in original-image pixels. To
-  add one, write such a function and add it to :data:`METHODS`; ``python -m eval run --method
-  NAME`` then evaluates it.
+  add one, write such a function and add it to :data:`METHODS` (and any run option it reads
+  besides ``k`` to :data:`METHOD_OPTIONS`); ``python -m eval run --method NAME`` then evaluates it.
 - a :class:`PixelMethod` reads the decoded images themselves (RGB uint8 arrays at native
   resolution) and no backbone features, so the runner loads no backbone for it. ``cad:FILE``, a
   trained detector (``discovery cad train``), is one; its proposals carry every box with its score
@@ -21,10 +21,14 @@ from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
+import torch
 
+from discovery.defaults import DEFAULT_TAU
 from discovery.detector import Detector
 from discovery.explain import Explainer
 from discovery.localizer import Embedding, Localizer
+from discovery.precision import fp32_math
+from discovery.tokencut import localize_batch as tokencut_batch
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,9 @@ class Proposal:
     scores: tuple[float, ...] | None = None
 
 
-#: ``method(localizer, embeddings, k)`` → one proposal per embedding; ``k`` is LOST's candidate count.
-FeatureMethod = Callable[[Localizer, Sequence[Embedding], int], list[Proposal]]
+#: ``method(localizer, embeddings, k, **options)`` → one proposal per embedding; ``k`` is LOST's
+#: candidate count, ``options`` the further run options the method names in :data:`METHOD_OPTIONS`.
+FeatureMethod = Callable[..., list[Proposal]]
 
 
 def lost(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> list[Proposal]:
@@ -55,7 +60,23 @@ def gradcam(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> li
     return [Proposal(cam.box) for cam in Explainer(localizer).explain(list(embeddings))]
 
 
-METHODS: MappingProxyType[str, FeatureMethod] = MappingProxyType({"lost": lost, "gradcam": gradcam})
+def tokencut(localizer: Localizer, embeddings: Sequence[Embedding], k: int, tau: float = DEFAULT_TAU) -> list[Proposal]:
+    """TokenCut (docs/protocol.md) on the localizer's feature map with threshold ``tau``: its box and
+    the centre of its seed cell, in original pixels (``k`` unused)."""
+    feats = torch.stack([e.features for e in embeddings])
+    with fp32_math(localizer.tf32):
+        raw = tokencut_batch(feats, [e.image.size for e in embeddings], stride=localizer.stride, tau=tau)
+    proposals = []
+    for embedding, res in zip(embeddings, raw):
+        geometry = embedding.image.geometry
+        proposals.append(Proposal(geometry.clip(geometry.box_to_original(res.box)), geometry.cell_centre(res.seed)))
+    return proposals
+
+
+METHODS: MappingProxyType[str, FeatureMethod] = MappingProxyType({"lost": lost, "gradcam": gradcam, "tokencut": tokencut})
+#: The :class:`~eval.run_options.RunOptions` fields a feature method takes as keywords besides ``k``;
+#: a run records them in config.json (as it records ``k``), so resuming with another value is refused.
+METHOD_OPTIONS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({"tokencut": ("tau",)})
 
 
 class PixelMethod(ABC):

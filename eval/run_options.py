@@ -39,7 +39,8 @@ class RunOptions:
     """Everything ``eval run`` takes. ``limit``: evaluate only the first N images of the split;
     ``batch_size``: images per forward pass (same padded size only); ``workers``: decoding
     processes (``None`` for either: :func:`default_batch_size` / :func:`default_workers`);
-    ``skip_bad``: leave out images with bad annotations or unreadable files; ``precision``:
+    ``skip_bad``: leave out images with bad annotations or unreadable files; ``tau``: TokenCut's
+    graph threshold (``None``: :data:`discovery.tokencut.DEFAULT_TAU`); ``precision``:
     ``fp32`` (the protocol) or ``bf16``/``fp16`` autocast for the trunk on GPUs; ``tf32``: let
     CUDA fp32 math use TensorFloat-32 (off: IEEE fp32, see :mod:`discovery.precision`).
 
@@ -52,6 +53,7 @@ class RunOptions:
     out: Path
     stride: int = 16
     k: int = 100
+    tau: float | None = None
     no_hard: bool = False
     limit: int | None = None
     batch_size: int | None = None
@@ -69,6 +71,7 @@ class RunOptions:
         checks = [
             (self.dataset in DATASETS, f"--dataset: choose one of {', '.join(DATASETS)}, got {self.dataset!r}"),
             (self.k >= 1, f"--k must be at least 1, got {self.k}"),
+            (self.tau is None or -1.0 <= self.tau <= 1.0, f"--tau must be a cosine similarity in [-1, 1], got {self.tau}"),
             (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}"),
             (self.batch_size is None or self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.workers is None or self.workers >= 0, f"--workers must be 0 or more, got {self.workers}"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 import discovery
+from discovery.defaults import DEFAULT_TAU
 from discovery.distributed import DistContext, from_env, join, teardown
 from discovery.localizer import Localizer
 from discovery.precision import fp32_math, precision_record
@@ -30,7 +31,7 @@ from .datasets import Dataset, Item, open_dataset
 from .detection import detection_score
 from .errors import RunError
 from .loader import Decoded, bucketed, decoded_stream
-from .methods import DetectorMethod, Method, PixelMethod, Proposal, get_method
+from .methods import METHOD_OPTIONS, DetectorMethod, Method, PixelMethod, Proposal, get_method
 from .metrics import best_iou, corloc
 from .overlap import overlapped
 from .predictions import append_records
@@ -84,11 +85,11 @@ class Model:
             return [d.rgb for d in good]
         return self.localizer.embed_arrays([d.rgb for d in good])
 
-    def propose(self, embedded, k: int) -> list[Proposal]:
+    def propose(self, embedded, k: int, options: dict) -> list[Proposal]:
         if self.localizer is None:
             with fp32_math(self.tf32):
                 return self.method.propose(embedded)
-        return self.method(self.localizer, embedded, k)
+        return self.method(self.localizer, embedded, k, **options)
 
 
 def load_model(opts: RunOptions, ctx: DistContext, method: Method, download: bool) -> Model:
@@ -113,8 +114,14 @@ def run_config(opts: RunOptions, dataset: Dataset, model: Model) -> dict:
         "image_list_sha256": dataset.image_list_sha256,
         "method": opts.method,
         "k": opts.k,
+        **method_options(opts),
         **model.config(),
     }
+
+
+def method_options(opts: RunOptions) -> dict:
+    """The run options the method takes besides ``k`` (:data:`~eval.methods.METHOD_OPTIONS`), by name."""
+    return {name: getattr(opts, name) for name in METHOD_OPTIONS.get(opts.method, ())}
 
 
 def make_record(item: Item, proposal: Proposal) -> dict:
@@ -147,6 +154,7 @@ def run(opts: RunOptions) -> dict | None:
         opts,
         batch_size=default_batch_size(opts.device) if opts.batch_size is None else opts.batch_size,
         workers=default_workers(opts.device) if opts.workers is None else opts.workers,
+        tau=DEFAULT_TAU if opts.tau is None else opts.tau,
     )
     method = get_method(opts.method)  # a bad name fails before any process group is joined
     if isinstance(method, PixelMethod) and opts.precision != "fp32":
@@ -237,8 +245,10 @@ def _predict(
     with folder.stream(ctx.rank if ctx.active else None) as fh, bar:
         batches = bucketed(decoded_stream(shard, model.stride, opts.workers), opts.batch_size)
 
+        options = method_options(opts)
+
         def propose(embedded) -> list[Proposal]:
-            return model.propose(embedded, opts.k)
+            return model.propose(embedded, opts.k, options)
 
         for batch, proposals in overlapped(batches, model.embed, propose, model.device):
             good = [d for d in batch if d.rgb is not None]
@@ -268,7 +278,7 @@ def _finish(
     processed = sum(len(part["records"]) for part in gathered)
     loop_time = max(part["loop_time"] for part in gathered)
     config = start.config
-    model_keys = ("backbone", "weights_sha256", "stride", "k", "precision", "fp32_math", "detector_sha256", "detector_base")
+    model_keys = ("backbone", "weights_sha256", "stride", "k", "tau", "precision", "fp32_math", "detector_sha256", "detector_base")
     summary = {
         "corloc": round(result.value, 4),
         "correct": result.correct,

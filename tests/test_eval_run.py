@@ -350,3 +350,38 @@ def test_the_random_backbone_is_labelled_in_config_results_and_stderr(bench, tmp
     assert json.loads((random_run / "results.json").read_text())["random_backbone"] is True
     assert bench["summary"]["random_backbone"] is False
     assert "random_backbone" not in json.loads((bench["ref"] / "config.json").read_text())
+
+
+
+def test_tokencut_method_records_tau_and_refuses_another(bench, capsys, tmp_path):
+    from discovery.tokencut import localize as tokencut
+
+    out = bench["base"] / "tokencut"
+    common = ["run", "--dataset", "voc07", "--root", str(bench["data"]), "--backbone", str(bench["ckpt"]), "--workers", "0",
+              "--no-progress", "--method", "tokencut", "--batch-size", "4"]
+    args = [*common, "--out", str(out), "--limit", "4"]
+    # this network's cells are all about 0.45 alike: at the default τ = 0.2 every graph is complete
+    # (the degenerate rule's first cell); τ = 0.5 cuts them
+    assert main([*args, "--tau", "0.5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "tokencut" and summary["tau"] == 0.5 and summary["total"] == 4
+    assert json.loads((out / "config.json").read_text())["tau"] == 0.5
+    localizer = Localizer(str(bench["ckpt"]), max_side=None)
+    records = _lines(out / "predictions.jsonl")
+    for record, item in zip(records, open_dataset("voc07", bench["data"]).items):
+        embedding = localizer.embed(item.path)
+        res = tokencut(embedding.features, embedding.image.size, stride=16, tau=0.5)
+        geometry = embedding.image.geometry
+        assert record["box"] == [round(v, 2) for v in geometry.clip(geometry.box_to_original(res.box))]
+        assert record["seed"] == [round(v, 2) for v in geometry.cell_centre(res.seed)]
+    assert len({tuple(r["box"]) for r in records}) > 1
+    assert main(args) == 2
+    assert "tau: 0.5 there, 0.2 now" in capsys.readouterr().err
+    assert main([*args, "--tau", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["images_this_run"] == 0
+    default = tmp_path / "default"
+    assert main([*common, "--out", str(default), "--limit", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["tau"] == 0.2 and json.loads((default / "config.json").read_text())["tau"] == 0.2
+    assert main([*args, "--tau", "2"]) == 2
+    assert "--tau must be a cosine similarity in [-1, 1], got 2.0" in capsys.readouterr().err
+    assert "tau" not in json.loads((bench["ref"] / "config.json").read_text())  # LOST runs keep their config

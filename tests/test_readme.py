@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.run import build_parser as bench_parser
 from discovery import options
 from discovery.app.main import build_parser as app_parser
 from discovery.cli import build_parser as discovery_parser
@@ -66,22 +67,15 @@ def examples() -> list[tuple[int, str, str]]:
 
 def _parse(argv: list[str]) -> None:
     """Parse a command line with our real parser (no execution); argparse's error exits fail the test."""
-    env = []
-    while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
-        env, argv = env + [argv.pop(0)], argv
+    while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # environment assignments
+        argv.pop(0)
     if argv[0] == "torchrun":
         argv = argv[argv.index("-m"):]
         argv = ["python", *argv]
     if argv[0] == "python":
         assert argv[1] == "-m", argv
-        module, rest = argv[2], argv[3:]
-        parser = {"eval": eval_parser, "app": app_parser, "discovery": lambda: discovery_parser()}.get(module)
-        if module == "bench":
-            from bench.run import build_parser as bench_parser
-
-            parser = bench_parser
-        assert parser is not None, f"no parser known for python -m {module}"
-        parser().parse_args(rest) if module != "eval" or rest[:1] != ["reproduce"] else _reproduce(rest[1:], "python -m eval reproduce")
+        parsers = {"eval": eval_parser, "app": app_parser, "bench": bench_parser, "discovery": discovery_parser}
+        parsers[argv[2]]().parse_args(argv[3:])
         return
     assert argv[0] == "discovery", argv
     rest = argv[1:]
