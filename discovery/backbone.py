@@ -58,6 +58,15 @@ class BackboneInfo:
         (:func:`is_pipeline_check` of its metadata; PUL of PUL of ``random`` included)."""
         return self.sha256.startswith("random") or is_pipeline_check(self.metadata)
 
+    @property
+    def pipeline_check(self) -> str | None:
+        """What notes and figures say of a pipeline check (``None`` for a model): "backbone
+        'pul:x.safetensors' is a pipeline check, not a model (trained from the 'random' backbone)"."""
+        if not self.is_random:
+            return None
+        origin = "" if self.name == "random" else " (trained from the 'random' backbone)"
+        return f"backbone {self.name!r} is a pipeline check, not a model{origin}"
+
 
 class Backbone(nn.Module):
     """A CNN split into a trunk (image → feature map) and an optional classifier head.

@@ -312,6 +312,13 @@ class Detector:
         or on the boxes of a run that was one (:func:`~discovery.backbone.is_pipeline_check`)."""
         return is_pipeline_check(self.metadata)
 
+    @property
+    def pipeline_check(self) -> str | None:
+        """What notes say of a pipeline check (``None`` for a model)."""
+        if not self.is_random:
+            return None
+        return f"detector {self.path} is a pipeline check, not a model (its base or its pseudo-boxes come from the 'random' backbone)"
+
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None = None,
                top_k: int | None = None) -> list[Detections]:

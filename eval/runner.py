@@ -63,11 +63,8 @@ class Model:
     def random_note(self) -> str:
         """The stderr line of a pipeline check."""
         if self.localizer is None:
-            return (f"note: detector {self.method.path} is a pipeline check, not a model "
-                    "(its base or its pseudo-boxes come from the 'random' backbone)")
-        name = self.localizer.backbone.info.name
-        origin = "" if name == "random" else " (trained from the 'random' backbone)"
-        return f"note: backbone {name!r} is a pipeline check, not a model{origin}"
+            return f"note: {self.method.detector.pipeline_check}"
+        return f"note: {self.localizer.backbone.info.pipeline_check}"
 
     def config(self) -> dict:
         """The model's part of config.json: backbone and weights, or the pixel method's own record;

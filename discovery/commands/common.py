@@ -19,11 +19,6 @@ from ..weights import WeightsError
 
 T = TypeVar("T")
 
-RANDOM_NOTE = "note: backbone 'random' is a pipeline check, not a model"
-#: What a saved figure of a ``random`` backbone says across its bottom.
-RANDOM_FIGURE_NOTE = "backbone 'random': a pipeline check, not a model"
-
-
 class ImageLoop:
     """Iterate ``(image, load(image))`` over user-given images, a folder standing for the images in
     it (recursively, :func:`~discovery.images.image_files`); an unreadable one gets one
@@ -86,8 +81,9 @@ class OverlayNames:
         return path
 
 
-def lost_figure(emb: Embedding, loc: Localization, is_random: bool) -> np.ndarray:
-    """Box and seed | inverse degree map (with its colour bar) | seed component, titled."""
+def lost_figure(emb: Embedding, loc: Localization, note: str | None) -> np.ndarray:
+    """Box and seed | inverse degree map (with its colour bar) | seed component, titled; ``note``
+    (a pipeline check's :attr:`~discovery.backbone.BackboneInfo.pipeline_check`) across the bottom."""
     box, degree, mask = viz.lost_panels(emb.image.rgb, tuple(emb.image.tensor.shape[1:]), loc)
     return viz.compose(
         [
@@ -95,17 +91,17 @@ def lost_figure(emb: Embedding, loc: Localization, is_random: bool) -> np.ndarra
             viz.Panel(degree, "inverse degree", colorbar=("many links", "few links: seed")),
             viz.Panel(mask, f"seed component (k={loc.k})"),
         ],
-        note=RANDOM_FIGURE_NOTE if is_random else None,
+        note=note,
     )
 
 
-def cam_figure(rgb: np.ndarray, res: CamResult, backbone: str, is_random: bool) -> np.ndarray:
-    """The heat map over the image with the CAM box drawn on it, titled, with its colour bar."""
+def cam_figure(rgb: np.ndarray, res: CamResult, backbone: str, note: str | None) -> np.ndarray:
+    """The heat map over the image with the CAM box drawn on it, titled, with its colour bar and ``note``."""
     overlay = viz.draw_box(viz.heatmap(rgb, res.cam), res.box, res.embedding.image.original_size)
     title = f"{res.method}: {res.target_name} ({backbone})"
     if res.probability is not None:
         title = f"{res.method}: {res.target_name} p={res.probability:.2f} ({backbone})"
-    return viz.compose([viz.Panel(overlay, title, colorbar=("low", "high"))], note=RANDOM_FIGURE_NOTE if is_random else None)
+    return viz.compose([viz.Panel(overlay, title, colorbar=("low", "high"))], note=note)
 
 
 def with_random_fallback(build: Callable[[str], T], backbone: str) -> T:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     loc = localizer.localize(emb)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     overlay = OverlayNames(args.out_dir)(path, loc.backbone, "lost")
-    Image.fromarray(lost_figure(emb, loc, localizer.backbone.info.is_random)).save(overlay)
+    Image.fromarray(lost_figure(emb, loc, localizer.backbone.info.pipeline_check)).save(overlay)
     print(json.dumps({"image": str(path), **loc.to_json(), "overlay": str(overlay)}))
     print(f"overlay (box and seed | degree map | seed mask) written to {overlay}", file=sys.stderr)
     return 0

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..explain import Explainer
     from ..localizer import Localizer
     from ..sanity import plot_sanity, sanity_check
-    from .common import RANDOM_NOTE, ImageLoop, OverlayNames, cam_figure, with_random_fallback
+    from .common import ImageLoop, OverlayNames, cam_figure, with_random_fallback
 
     _check_args(args)
     images = list(args.images) + [str(example_path(name)) for name in args.example]
@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     # Bundled examples alone are a demo: like `discovery demo`, they run (labelled) without weights.
     localizer = with_random_fallback(build, args.backbone) if not args.images else build(args.backbone)
     info = localizer.backbone.info
-    if info.is_random:
-        print(RANDOM_NOTE, file=sys.stderr)
+    if info.pipeline_check:
+        print(f"note: {info.pipeline_check}", file=sys.stderr)
     explainer = Explainer(localizer, threshold=args.threshold)
     explainer.check(args.method, args.target)  # a bad --target fails once, before any image
     for folder in (args.out_dir, args.plot.parent if args.plot else None):
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         record = {"image": image, **res.to_json(), "backbone": info.name, "weights_sha256": info.sha256}
         if overlays:
             out = overlays(image, info.name, args.method)
-            Image.fromarray(cam_figure(prepared.rgb, res, info.name, info.is_random)).save(out)
+            Image.fromarray(cam_figure(prepared.rgb, res, info.name, info.pipeline_check)).save(out)
             record["overlay"] = str(out)
         if args.sanity_check:
             record["sanity"] = [s.to_json() for s in report.steps]

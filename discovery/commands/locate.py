@@ -35,9 +35,8 @@ def run_detector(args: argparse.Namespace) -> int:
     if args.out_dir:
         raise ValueError("--out-dir draws LOST's panels; it does not apply with --detector")
     detector = Detector(args.detector, device=args.device, max_side=args.max_side or None)
-    if detector.is_random:
-        print(f"note: detector {args.detector} is a pipeline check, not a model (trained from the 'random' backbone or its boxes)",
-              file=sys.stderr)
+    if detector.pipeline_check:
+        print(f"note: {detector.pipeline_check}", file=sys.stderr)
     loop = ImageLoop(args.images, lambda image: detector(image, top_k=args.top_k))
     for image, found in loop:
         print(json.dumps({"image": image, **found.to_json(), "detector_sha256": detector.sha256}), flush=True)
@@ -50,14 +49,15 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..localizer import Localizer
-    from .common import RANDOM_NOTE, ImageLoop, OverlayNames, lost_figure
+    from .common import ImageLoop, OverlayNames, lost_figure
 
     localizer = Localizer(
         args.backbone, device=args.device, stride=args.stride,
         max_side=args.max_side or None, weights_dir=args.weights_dir,
     )
-    if localizer.backbone.info.is_random:
-        print(RANDOM_NOTE, file=sys.stderr)
+    note = localizer.backbone.info.pipeline_check
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if args.out_dir:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     names = OverlayNames(args.out_dir) if args.out_dir else None
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         record = {"image": image, **loc.to_json()}
         if names:
             out = names(image, loc.backbone, "lost")
-            Image.fromarray(lost_figure(emb, loc, localizer.backbone.info.is_random)).save(out)
+            Image.fromarray(lost_figure(emb, loc, note)).save(out)
             record["overlay"] = str(out)
         print(json.dumps(record), flush=True)
     return loop.exit_code
