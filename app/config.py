@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from discovery.defaults import STRIDES
 from discovery.localizer import DEFAULT_MAX_SIDE
 from discovery.names import parse_backbone_name
-from discovery.resnet import STRIDES
 from discovery.weights import WeightsError
 
 

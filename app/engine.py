@@ -25,11 +25,11 @@ from discovery import names as N
 from discovery import weights as W
 from discovery.backbone import Backbone
 from discovery.backbones import load_backbone
+from discovery.defaults import STRIDES
 from discovery.detector import Detections, Detector
 from discovery.explain import Explainer
 from discovery.images import ImageInput, PreparedImage
 from discovery.localizer import DEFAULT_MAX_SIDE, Localizer
-from discovery.resnet import STRIDES
 
 from .choices import CHECKPOINT, RANDOM_NOTE
 

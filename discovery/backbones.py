@@ -18,6 +18,7 @@ from . import external, resnet
 from . import weights as W
 from .architecture import RESNET50
 from .backbone import Backbone, check_device, ready
+from .defaults import STRIDES
 from .names import BackboneName, parse_backbone_name
 
 #: Key prefix of the PUL projector a per-epoch PUL checkpoint carries beside the backbone;
@@ -103,8 +104,8 @@ def load_backbone(
     Raises:
         discovery.weights.WeightsError: one line saying what is wrong and how to fix it.
     """
-    if stride not in resnet.STRIDES:
-        raise ValueError(f"stride must be one of {list(resnet.STRIDES)}, got {stride}")
+    if stride not in STRIDES:
+        raise ValueError(f"stride must be one of {list(STRIDES)}, got {stride}")
     device = check_device(device)
     parsed = parse_backbone_name(name)
     request = Request(name, parsed, stride, Path(weights_dir) if weights_dir is not None else None, download, seed)

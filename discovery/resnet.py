@@ -15,7 +15,6 @@ from torchvision.models import resnet50
 from . import weights as W
 from .architecture import RESNET50
 from .backbone import Backbone, BackboneInfo, check_device, ready
-from .defaults import STRIDES
 
 #: layer2/3/4 dilation (torchvision's ``replace_stride_with_dilation``) for each of :data:`~discovery.defaults.STRIDES`.
 STRIDE_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
