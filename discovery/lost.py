@@ -17,8 +17,6 @@ import torch
 from .defaults import DEFAULT_K
 from .geometry import ImageGeometry
 
-#: LOST's number of expansion candidates (the reference's default).
-
 
 @dataclass(frozen=True, eq=False)
 class LostResult:
