@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from discovery.files import write_text_atomic
+from discovery.files import stale_temporaries, write_text_atomic
 from discovery.weights import sha256_file
 
 from . import predictions as P
@@ -129,7 +129,7 @@ class RunFolder:
     def collect(self) -> dict[str, dict]:
         """Repair predictions.jsonl, fold in the rank files a killed distributed run left, and
         return every finished record by image id (rank 0, after :meth:`claim`)."""
-        for stale in self.path.glob(f".{PREDICTIONS}.tmp*"):
+        for stale in stale_temporaries(self.predictions):  # a rewrite a kill interrupted
             stale.unlink(missing_ok=True)
         records = P.load_records(self.predictions, repair=True).records
         rank_files = self._rank_files()
