@@ -23,11 +23,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..images import ImageError, decode
+from ..images import IMAGE_SUFFIXES, ImageError, decode, image_files
 from ..sampling import generator
 from ..splits import DatasetError, image_paths
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 class PULError(ValueError):
@@ -72,8 +70,8 @@ def _sorted_list(root: Path, paths: Sequence[Path], source: str) -> ImageList:
 
 
 def list_folder(folder: str | Path) -> ImageList:
-    """Every file under ``folder`` (recursively) whose suffix is in :data:`IMAGE_SUFFIXES`
-    (case-insensitive; hidden files and folders skipped), sorted by relative path.
+    """Every image under ``folder`` (:func:`discovery.images.image_files`: recursively, by suffix,
+    hidden files and folders skipped), sorted by relative path.
 
     Raises:
         PULError: the folder does not exist or holds no image files.
@@ -81,11 +79,7 @@ def list_folder(folder: str | Path) -> ImageList:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise PULError(f"--images {folder}: not a folder")
-    found = [
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
+    found = image_files(root)
     if not found:
         raise PULError(f"no images in {root} (looked recursively for {' '.join(IMAGE_SUFFIXES)})")
     return _sorted_list(root, found, f"folder {root}")
