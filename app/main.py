@@ -23,7 +23,7 @@ def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted, MB (default 20)")
     # the backbone selected at start falls back to random, with a note, when its weights are missing
-    options.add_model(p)
+    options.add_model(p, features=False)
     p.add_argument(
         "--download", action="store_true",
         help="fetch missing registry weights when a run needs them (default: never touch the network)",

@@ -64,8 +64,24 @@ class BackboneInfo:
         'pul:x.safetensors' is a pipeline check, not a model (trained from the 'random' backbone)"."""
         if not self.is_random:
             return None
-        origin = "" if self.name == "random" else " (trained from the 'random' backbone)"
+        origin = "" if self.sha256.startswith("random") else " (trained from the 'random' backbone)"
         return f"backbone {self.name!r} is a pipeline check, not a model{origin}"
+
+
+class PooledTrunk(nn.Module):
+    """A trunk whose classifier does not read the average of its feature map (a ViT's head reads
+    its CLS token): it says what the head's input is. A trunk of any other class is pooled by
+    averaging its map (:func:`pooled_features`)."""
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised images → ``(B, C)``, the head's input."""
+        raise NotImplementedError
+
+
+def pooled_features(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a head reads from images ``x``: :meth:`PooledTrunk.pooled`, else the global average of
+    the trunk's ``(B, C, h, w)`` map (the CNNs)."""
+    return trunk.pooled(x) if isinstance(trunk, PooledTrunk) else trunk(x).mean(dim=(2, 3))
 
 
 class Backbone(nn.Module):
@@ -93,6 +109,8 @@ class Backbone(nn.Module):
             sanity-check layers, torchvision-keyed PUL checkpoints); anything else is generic.
         channels: C; measured with one small forward pass when not given (which also checks
             that ``4·stride`` pixels give 4 cells: a wrong ``stride`` is a ``ValueError``).
+        standardize: whether LOST standardises the features first (the ResNet path; ViT keys are
+            used raw, DESIGN §11); every command's LOST follows it and ``eval run`` records it.
     """
 
     def __init__(
@@ -107,6 +125,7 @@ class Backbone(nn.Module):
         name: str = "custom",
         architecture: str = "custom",
         channels: int | None = None,
+        standardize: bool = True,
     ):
         super().__init__()
         if len(tuple(mean)) != 3 or len(tuple(std)) != 3:
@@ -121,6 +140,7 @@ class Backbone(nn.Module):
         self.architecture = architecture
         self.info = info or BackboneInfo(name, state_sha256(trunk, head), head is not None)
         self.channels = channels if channels is not None else _measure_channels(trunk, self.stride)
+        self.standardize = bool(standardize)
 
     @property
     def head(self) -> nn.Module | None:
@@ -159,10 +179,19 @@ class Backbone(nn.Module):
         return self.trunk(x)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, C, h, w)`` features → ``(B, K)`` logits (global average pool + head)."""
+        """``(B, C, h, w)`` features → ``(B, K)`` logits (global average pool + head), for trunks
+        whose head reads that pool (not a :class:`PooledTrunk`: use :meth:`predict`)."""
         if self.fc is None:
             raise ValueError(f"backbone {self.name!r} has no classifier")
+        if isinstance(self.trunk, PooledTrunk):
+            raise ValueError(f"backbone {self.name!r}: its head does not read the feature map; use predict(images)")
         return self.fc(features.mean(dim=(2, 3)))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised images → ``(B, K)`` logits."""
+        if self.fc is None:
+            raise ValueError(f"backbone {self.name!r} has no classifier")
+        return self.fc(pooled_features(self.trunk, x))
 
 
 def state_sha256(*modules: nn.Module | None) -> str:

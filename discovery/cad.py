@@ -247,7 +247,7 @@ def pipeline_note(base: Backbone, data: PseudoBoxes) -> str | None:
     """The note of a run whose detector will be a pipeline check (its base or its pseudo-boxes'
     run descends from the ``random`` backbone), else ``None``."""
     if base.info.is_random:
-        origin = "" if base.info.name == "random" else " (trained from the 'random' backbone)"
+        origin = "" if base.info.sha256.startswith("random") else " (trained from the 'random' backbone)"
         return f"note: base {base.info.name!r} is a pipeline check, not a model{origin}; so is the detector"
     if run_is_pipeline_check(data.run_config):
         return "note: the pseudo-boxes come from a pipeline check (the 'random' backbone), not a model; so is the detector"

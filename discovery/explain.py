@@ -10,12 +10,20 @@ and nothing stays attached to the model after a call; the head runs in eval mode
 Maps ignore the zero padding the backbone input carries: the feature map is cropped to the cells
 whose receptive-field origin lies inside the image before any pooling, gradient or SVD.
 
+On a ViT (:class:`~discovery.vit.ViTTrunk`) the maps are taken where pytorch-grad-cam users take them
+with a hand-written ``reshape_transform``: the patch tokens at the last block's ``norm1`` (CLS and
+registers removed, tokens → grid), the gradient flowing through the block's attention branch to the
+head's input (the CLS token after the final norm, for DINO). That needs the tokens entering the last
+block, so a ViT's explanation runs the trunk's blocks but the last once more from the embedding's image.
+
 Targets:
 - backbones with a classifier head: a class (index, or ImageNet name for 1000-way heads), default
   the top-1 prediction of the head applied to the average of the valid cells;
 - headless backbones (e.g. ``dino``, a trunk with no head): the L2 norm of the globally pooled feature
   (:data:`EMBEDDING_TARGET`). Its Grad-CAM is, up to a positive factor, the dot product of each
-  cell's feature with the pooled feature: the cells that dominate the global descriptor.
+  cell's feature with the pooled feature: the cells that dominate the global descriptor. A headless
+  ViT (``dino-vits16`` ...): the L2 norm of its embedding, the CLS token after the final norm
+  (:data:`VIT_EMBEDDING_TARGET`).
 - EigenCAM is class-agnostic (the first principal component of the activations); it takes no target.
 """
 
@@ -34,11 +42,14 @@ from .defaults import CAM_METHODS, DEFAULT_THRESHOLD
 from .geometry import ImageGeometry
 from .images import ImageInput, PreparedImage
 from .localizer import Embedding, Localizer
+from .vit import ViTTrunk
 
 METHODS = CAM_METHODS
 
 EMBEDDING_TARGET = "embedding norm (L2 norm of the pooled layer4 feature)"
+VIT_EMBEDDING_TARGET = "embedding norm (L2 norm of the CLS token after the final norm)"
 EIGEN_TARGET = "first principal component of layer4 activations (class-agnostic)"
+VIT_EIGEN_TARGET = "first principal component of the last block's norm1 tokens (class-agnostic)"
 
 Target = int | str | None
 
@@ -241,14 +252,17 @@ class Explainer:
 
     def _explain(self, emb: Embedding, method: str, index: int | None, threshold: float) -> CamResult:
         geometry = emb.image.geometry
-        # Autograd must work even when the caller runs us under inference_mode / no_grad.
-        with torch.inference_mode(False), torch.enable_grad():
-            acts = emb.features.clone()
-            if method == "gradcam":
-                raw, index, name, prob = self._gradcam(acts, index)
-            else:
-                projection = eigen_projection(acts.cpu().numpy())
-                raw, name, prob = np.maximum(projection, 0), EIGEN_TARGET, None
+        if isinstance(self.backbone.trunk, ViTTrunk):
+            raw, index, name, prob = self._vit_cam(emb, method, index)
+        else:
+            # Autograd must work even when the caller runs us under inference_mode / no_grad.
+            with torch.inference_mode(False), torch.enable_grad():
+                acts = emb.features.clone()
+                if method == "gradcam":
+                    raw, index, name, prob = self._gradcam(acts, index)
+                else:
+                    projection = eigen_projection(acts.cpu().numpy())
+                    raw, name, prob = np.maximum(projection, 0), EIGEN_TARGET, None
         cam = normalize(upsample(raw, geometry))
         box = geometry.box_to_original(cam_to_box(cam, threshold))
         return CamResult(cam, raw.astype(np.float32), index, name, prob, box, emb, method, threshold)
@@ -267,6 +281,29 @@ class Explainer:
             raw = gradcam_map(acts, lambda a: self.backbone.classify(a[None])[0].float()[index])
         return raw, index, class_name(index, logits.numel()), prob
 
+    def _vit_cam(self, emb: Embedding, method: str, index: int | None) -> tuple[np.ndarray, int | None, str, float | None]:
+        """Grad-CAM / EigenCAM of a ViT at its last block's ``norm1`` (see the module docstring)."""
+        trunk, head = self.backbone.trunk, self.backbone.fc
+        image = emb.image.tensor[None].to(self.backbone.device)
+        name, prob = VIT_EMBEDDING_TARGET, None
+        if head is None:
+            def score(pooled: torch.Tensor) -> torch.Tensor:
+                return pooled[0].float().norm()
+        else:
+            with torch.no_grad(), eval_mode(self.backbone):
+                logits = head(trunk.pooled(image))[0].float()
+            index = int(logits.argmax()) if index is None else index
+            name, prob = class_name(index, logits.numel()), float(torch.softmax(logits, dim=0)[index])
+
+            def score(pooled: torch.Tensor) -> torch.Tensor:
+                return head(pooled)[0].float()[index]
+        with eval_mode(self.backbone):
+            acts, grads = trunk.cam(image, score)
+        acts, grads = acts[0].float(), grads[0].float()
+        if method == "eigencam":
+            return np.maximum(eigen_projection(acts.cpu().numpy()), 0), None, VIT_EIGEN_TARGET, None
+        return weighted_map(acts, grads), index, name, prob
+
 
 def _checked_threshold(threshold: float) -> float:
     if not 0.0 <= threshold <= 1.0:
@@ -281,6 +318,12 @@ def gradcam_map(acts: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor
     with torch.inference_mode(False), torch.enable_grad():
         leaf = acts.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(score(leaf), leaf)
+    return weighted_map(acts.detach(), grad)
+
+
+def weighted_map(acts: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+    """Grad-CAM's map from ``(C, h, w)`` activations and their gradient: ``ReLU(Σ_c w_c acts_c)``,
+    ``w_c`` the spatial mean of channel c's gradient; ``(h, w)`` float32."""
     weights = grad.mean(dim=(1, 2))
-    raw = torch.relu((weights[:, None, None] * acts.detach()).sum(dim=0))
+    raw = torch.relu((weights[:, None, None] * acts).sum(dim=0))
     return raw.cpu().numpy().astype(np.float32)

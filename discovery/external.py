@@ -59,22 +59,33 @@ def _head_matches(net: nn.Module, head: nn.Module, channels: int) -> bool:
         return False
 
 
-def timm_backbone(name: str, model: str, path: str | None, stride: int) -> Backbone:
-    """``timm:MODEL`` (timm's own pretrained download) or ``timm:MODEL@FILE`` (a local state dict,
-    hashed like the registry's files). The trunk is ``forward_features``; the head
-    ``get_classifier()`` when timm's head is a plain average pool + that layer; mean/std from the
-    model's ``pretrained_cfg``. ``stride`` other than 32 is passed as timm's ``output_stride``."""
+@dataclasses.dataclass(frozen=True)
+class TimmNet:
+    """A timm model as built for ``timm:MODEL[@FILE]``: the network (eval mode), the weights'
+    ``sha256`` (``None``: timm's own download, fingerprinted later), the file's metadata and whether
+    the weights had the classifier."""
+
+    net: nn.Module
+    sha256: str | None
+    metadata: dict
+    has_head: bool
+
+
+def build_timm(name: str, model: str, path: str | None, pretrained: bool = True, **kwargs) -> TimmNet:
+    """Build timm's ``model`` (``kwargs`` to ``timm.create_model``) with timm's pretrained download
+    or the local state dict ``path`` (hashed like the registry's files; only the classifier may be
+    missing from it); ``pretrained=False``: timm's random init (the layout for a checkpoint's weights)."""
     try:
         import timm
     except ImportError:
         raise W.WeightsError(f"backbone {name!r} needs timm: pip install 'object-discovery[timm]'") from None
-    if path is None and W.offline():
+    download = pretrained and path is None
+    if download and W.offline():
         raise W.WeightsError(
             f"backbone {name!r}: downloads are off (DISCOVERY_OFFLINE); give a local weights file: timm:{model}@/path/weights.safetensors"
         )
-    kwargs = {} if stride == 32 else {"output_stride": stride}
     try:
-        net = timm.create_model(model, pretrained=path is None, **kwargs)
+        net = timm.create_model(model, pretrained=download, **kwargs)
     except Exception as err:  # noqa: BLE001 - unknown model, unsupported stride, failed download
         raise W.WeightsError(f"backbone {name!r}: timm could not build it ({_first_line(err)})") from None
     digest, meta, has_head = None, {}, True
@@ -92,26 +103,37 @@ def timm_backbone(name: str, model: str, path: str | None, stride: int) -> Backb
             raise W.WeightsError(f"{file}: not a state dict of timm model {model!r} ({problem})")
         has_head = len(missing) == len(result.missing_keys)
         digest = W.sha256_file(file)
-    net.eval()
+    return TimmNet(net.eval(), digest, {**meta, "source": "timm", "timm_model": model}, has_head)
+
+
+def timm_normalisation(net: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """mean and std from the model's ``pretrained_cfg`` (ImageNet's when it has none)."""
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    return tuple(cfg.get("mean", W.IMAGENET_MEAN)), tuple(cfg.get("std", W.IMAGENET_STD))
+
+
+def timm_backbone(name: str, model: str, path: str | None, stride: int) -> Backbone:
+    """``timm:MODEL`` (timm's own pretrained download) or ``timm:MODEL@FILE`` (a local state dict,
+    hashed like the registry's files), a CNN. The trunk is ``forward_features``; the head
+    ``get_classifier()`` when timm's head is a plain average pool + that layer; mean/std from the
+    model's ``pretrained_cfg``. ``stride`` other than 32 is passed as timm's ``output_stride``."""
+    built = build_timm(name, model, path, **({} if stride == 32 else {"output_stride": stride}))
+    net = built.net
     head = None
-    if has_head and getattr(net, "num_classes", 0):
+    if built.has_head and getattr(net, "num_classes", 0):
         candidate = net.get_classifier()
         if isinstance(candidate, nn.Module) and _head_matches(net, candidate, net.num_features):
             head = candidate
     net.reset_classifier(0)  # the trunk keeps no classifier weights
-    cfg = getattr(net, "pretrained_cfg", {}) or {}
-    mean, std = tuple(cfg.get("mean", W.IMAGENET_MEAN)), tuple(cfg.get("std", W.IMAGENET_STD))
-    trunk = TimmTrunk(net)
-    info_meta = {**meta, "source": "timm", "timm_model": model}
+    mean, std = timm_normalisation(net)
     try:
-        backbone = Backbone(trunk, head, mean=mean, std=std, stride=stride, name=name, architecture=f"timm:{model}")
+        backbone = Backbone(TimmTrunk(net), head, mean=mean, std=std, stride=stride, name=name, architecture=f"timm:{model}")
     except ValueError as err:
         raise W.WeightsError(f"backbone {name!r}: {err}") from None
-    info = dataclasses.replace(
-        backbone.info, sha256=digest or backbone.info.sha256, path=str(Path(path).expanduser()) if path else None,
-        metadata=info_meta,
+    backbone.info = dataclasses.replace(
+        backbone.info, sha256=built.sha256 or backbone.info.sha256,
+        path=str(Path(path).expanduser()) if path else None, metadata=built.metadata,
     )
-    backbone.info = info
     return _checked(backbone, name, stride)
 
 

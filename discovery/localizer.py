@@ -1,4 +1,4 @@
-"""The Python API: ``Localizer`` turns an image into a LOST box, seed, degree map and mask.
+"""The Python API: ``Localizer`` turns an image into a LOST (or TokenCut) box, seed, map and mask.
 
 The expensive step (the backbone's forward pass, :meth:`Localizer.embed`) is separate from the
 cheap one (:meth:`Localizer.localize`), so features computed once can serve LOST and Grad-CAM.
@@ -15,11 +15,13 @@ import torch
 
 from .backbone import Backbone, eval_mode
 from .backbones import load_backbone
-from .defaults import DEFAULT_MAX_SIDE
+from .defaults import DEFAULT_MAX_SIDE, DEFAULT_TAU, DISCOVERY_METHODS
 from .images import ImageInput, PreparedImage, normalize_and_pad_batch, prepare
 from .lost import DEFAULT_K, LostResult, localize_batch
 from .precision import conv_layout, fp32_math
 from .resnet import fold_batchnorm
+from .tokencut import TokenCutResult
+from .tokencut import localize_batch as tokencut_batch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,17 +37,21 @@ class Embedding:
 
 @dataclass(frozen=True, eq=False)
 class Localization:
-    """LOST's answer for one image.
+    """The discovery method's answer for one image (LOST's, or TokenCut's).
 
     Attributes:
         box: ``(x1, y1, x2, y2)`` float pixels of the original image, right/bottom exclusive.
         seed: ``(row, col)`` on the feature grid.
         seed_xy: ``(x, y)`` float pixels of the original image, the centre of the seed's cell.
-        degree: ``(h, w)`` int64, the degree map (low degree = likely object).
+        degree: ``(h, w)`` int64, LOST's degree map (low degree = likely object); ``None`` for TokenCut.
         mask: ``(h, w)`` bool, the seed's component.
         image_size: ``(H, W)`` of the original image.
         backbone: backbone name; weights_sha256: the weights file's hash (``random-seedN`` for random).
-        stride, k: the LOST settings used.
+        stride, k: the settings used (``k``: LOST's).
+        method: ``lost`` or ``tokencut``.
+        eigenvector: ``(h, w)`` float64, TokenCut's Fiedler vector (positive on the seed's side);
+            ``None`` for LOST.
+        tau: TokenCut's graph threshold (``None`` for LOST).
     """
 
     box: tuple[float, float, float, float]
@@ -58,6 +64,9 @@ class Localization:
     weights_sha256: str
     stride: int
     k: int
+    method: str = "lost"
+    eigenvector: torch.Tensor | None = None
+    tau: float | None = None
 
     def to_json(self) -> dict:
         return {
@@ -65,11 +74,12 @@ class Localization:
             "seed": [round(v, 2) for v in self.seed_xy],
             "backbone": self.backbone,
             "weights_sha256": self.weights_sha256,
+            **({} if self.method == "lost" else {"method": self.method, "tau": self.tau}),
         }
 
 
 class Localizer:
-    """LOST object discovery on a backbone (the ResNet50s, or any CNN: docs/backbones.md).
+    """LOST object discovery on a backbone (the ResNet50s, any CNN: docs/backbones.md, or a ViT: docs/vit.md).
 
     Args:
         backbone: a name for :func:`discovery.backbones.load_backbone`, or a loaded :class:`Backbone`
@@ -89,6 +99,8 @@ class Localizer:
             now: a backbone modified later needs a new Localizer (:meth:`with_backbone`).
         tf32: let CUDA convolutions and matmuls use TensorFloat-32 for fp32 math (PyTorch's
             default for cuDNN). Off: GPU fp32 is IEEE fp32 (see :mod:`discovery.precision`).
+        features: a ViT's feature map (``k`` keys by default, ``q``, ``v``, ``tokens``; ignored
+            when ``backbone`` is already loaded; see :func:`~discovery.backbones.load_backbone`).
     """
 
     def __init__(
@@ -103,13 +115,16 @@ class Localizer:
         precision: str = "fp32",
         fuse_batchnorm: bool = True,
         tf32: bool = False,
+        features: str | None = None,
     ):
         if max_side is not None and max_side < 1:
             raise ValueError(f"max_side must be at least 1 (or None for native resolution), got {max_side}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(backbone, str):
-            backbone = load_backbone(backbone, device=device, stride=stride, weights_dir=weights_dir, download=download)
+            backbone = load_backbone(
+                backbone, device=device, stride=stride, weights_dir=weights_dir, download=download, features=features,
+            )
         self.backbone = backbone
         self.max_side = max_side
         self.precision = precision
@@ -174,33 +189,43 @@ class Localizer:
         return [Embedding(PreparedImage(t, s, s, a, self.stride), f) for t, s, a, f in zip(batch, sizes, images, feats)]
 
     def localize(
-        self, embedding: Embedding | Sequence[Embedding], k: int = DEFAULT_K
+        self, embedding: Embedding | Sequence[Embedding], k: int = DEFAULT_K, method: str = "lost",
+        tau: float = DEFAULT_TAU,
     ) -> Localization | list[Localization]:
-        """The cheap step: LOST on computed features (one embedding, or a same-shaped list).
+        """The cheap step: LOST (or TokenCut) on computed features (one embedding, or a same-shaped list).
 
-        ``k``: LOST's number of expansion candidates (a per-query option: the same embedding can be
-        localized with several values)."""
+        Per-query options (the same embedding can be localized with several): ``method`` ``lost`` or
+        ``tokencut``; ``k``: LOST's number of expansion candidates; ``tau``: TokenCut's graph threshold."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if method not in DISCOVERY_METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(DISCOVERY_METHODS)}")
+        if not -1.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be a cosine similarity in [-1, 1], got {tau}")
         single = isinstance(embedding, Embedding)
         items = [embedding] if single else list(embedding)
         for e in items:
             if e.image.stride != self.stride:
                 raise ValueError(f"an image prepared for stride {e.image.stride} given to a stride-{self.stride} localizer")
         feats = torch.stack([e.features for e in items])
+        sizes = [e.image.size for e in items]
         with fp32_math(self.tf32):
-            raw = localize_batch(feats, [e.image.size for e in items], stride=self.stride, k=k)
-        out = [self._to_original(e.image, r, k) for e, r in zip(items, raw)]
+            if method == "tokencut":
+                raw = tokencut_batch(feats, sizes, stride=self.stride, tau=tau)
+            else:
+                raw = localize_batch(feats, sizes, stride=self.stride, k=k, standardize=self.backbone.standardize)
+        out = [self._to_original(e.image, r, k, tau) for e, r in zip(items, raw)]
         return out[0] if single else out
 
-    def __call__(self, image: ImageInput, k: int = DEFAULT_K) -> Localization:
-        return self.localize(self.embed(image), k=k)
+    def __call__(self, image: ImageInput, k: int = DEFAULT_K, method: str = "lost", tau: float = DEFAULT_TAU) -> Localization:
+        return self.localize(self.embed(image), k=k, method=method, tau=tau)
 
-    def _to_original(self, image: PreparedImage, res: LostResult, k: int) -> Localization:
+    def _to_original(self, image: PreparedImage, res: LostResult | TokenCutResult, k: int, tau: float) -> Localization:
         geometry = image.geometry
         box = geometry.clip(geometry.box_to_original(res.box))
         info = self.backbone.info
-        return Localization(
-            box, res.seed, geometry.cell_centre(res.seed), res.degree, res.mask, image.original_size,
-            info.name, info.sha256, self.stride, k,
-        )
+        common = (box, res.seed, geometry.cell_centre(res.seed))
+        tail = (res.mask, image.original_size, info.name, info.sha256, self.stride, k)
+        if isinstance(res, TokenCutResult):
+            return Localization(*common, None, *tail, method="tokencut", eigenvector=res.eigenvector, tau=tau)
+        return Localization(*common, res.degree, *tail)

@@ -1,7 +1,9 @@
 """LOST (Siméoni et al., 2021) on a feature map: degree → seed → expansion → box.
 
-Follows valeoai/LOST's ResNet50 path step by step (docs/protocol.md); the one deliberate difference is
-that ties in degree are broken by ascending patch index (the reference's argsort leaves it open).
+Follows valeoai/LOST step by step (docs/protocol.md): its ResNet50 path standardises the features
+first (``standardize=True``), its ViT path uses the keys as they are (``standardize=False``). The one
+deliberate difference is that ties in degree are broken by ascending patch index (the reference's
+argsort leaves it open).
 ``localize`` is the batch-of-one case of ``localize_batch``, so both give identical boxes.
 """
 
@@ -62,6 +64,7 @@ def localize_batch(
     image_sizes: Sequence[tuple[int, int]],
     stride: int = 16,
     k: int = DEFAULT_K,
+    standardize: bool = True,
 ) -> list[LostResult]:
     """LOST on a batch of same-shaped feature maps.
 
@@ -72,6 +75,8 @@ def localize_batch(
         stride: pixels per feature cell before clipping (the scale ``s`` of docs/protocol.md, LOST step 8:
             padded size / feature size, which equals the stride with our padding).
         k: number of lowest-degree patches considered for the expansion.
+        standardize: LOST's global standardisation first (its ResNet50 path); ``False``: the
+            affinity of the raw features (its ViT path, on keys).
     """
     batch, channels, h, w = features.shape
     if len(image_sizes) != batch:
@@ -84,8 +89,10 @@ def localize_batch(
     # step reads only signs of A or of sums of its rows, which the positive factor 1/(var + eps)
     # leaves unchanged: centring alone gives the same degrees, seed, mask and box, one pass cheaper.
     feats = features.float().flatten(2).transpose(1, 2)  # (B, N, d)
-    feats = (feats - feats.mean(dim=(1, 2), keepdim=True)).contiguous()  # no copy for channels-last input
-    affinity = torch.bmm(feats, feats.transpose(1, 2))  # (B, N, N), LOST's A times (var + eps)
+    if standardize:
+        feats = feats - feats.mean(dim=(1, 2), keepdim=True)
+    feats = feats.contiguous()  # no copy for channels-last input
+    affinity = torch.bmm(feats, feats.transpose(1, 2))  # (B, N, N), LOST's A (times var + eps when standardised)
     positive = affinity > 0
     diagonal = torch.diagonal(positive, dim1=1, dim2=2)
     degree = positive.sum(dim=2) - diagonal.long()  # (B, N)
@@ -112,8 +119,10 @@ def localize_batch(
     return results
 
 
-def localize(features: torch.Tensor, image_size: tuple[int, int], stride: int = 16, k: int = DEFAULT_K) -> LostResult:
+def localize(
+    features: torch.Tensor, image_size: tuple[int, int], stride: int = 16, k: int = DEFAULT_K, standardize: bool = True,
+) -> LostResult:
     """LOST on one feature map ``(C, h, w)``; see :func:`localize_batch` for the arguments."""
     if features.dim() != 3:
         raise ValueError(f"features must be (C, h, w), got shape {tuple(features.shape)}")
-    return localize_batch(features[None], [image_size], stride=stride, k=k)[0]
+    return localize_batch(features[None], [image_size], stride=stride, k=k, standardize=standardize)[0]

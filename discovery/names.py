@@ -2,9 +2,10 @@
 (the key of :data:`discovery.backbones.BUILDERS`) and a value.
 
 - ``imagenet``, ``imagenet-v2``, ``dino``: the registry (:data:`discovery.weights.REGISTRY`);
-- ``random``: seeded random init (a pipeline check);
+- ``random``: seeded random init of the ResNet50, ``random-vits16`` ... of a DINO ViT (pipeline checks);
 - ``pul:PATH`` or ``PATH.safetensors|.pt|.pth``: a checkpoint file;
-- ``timm:NAME[@FILE]`` and ``module:pkg.mod:factory``: CNNs built outside this package.
+- ``timm:NAME[@FILE]`` and ``module:pkg.mod:factory``: networks built outside this package (timm's
+  ViTs become ViT backbones, :mod:`discovery.vit`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 #: Prefixes of the backbones built outside this package (docs/backbones.md).
 EXTERNAL_PREFIXES = (TIMM_PREFIX, MODULE_PREFIX)
 EXTERNAL_KINDS = ("timm", "module")
+#: ``random-<layout>``: the seeded random init of each DINO ViT layout of the registry.
+RANDOM_VITS = tuple(f"{RANDOM}-{spec.architecture}" for spec in REGISTRY.values() if spec.is_vit)
 
 _MODULE_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 _TIMM_NAME = re.compile(r"[\w.\-/]+")
@@ -30,7 +33,7 @@ _TIMM_NAME = re.compile(r"[\w.\-/]+")
 def backbone_names() -> list[str]:
     """The names :func:`discovery.backbones.load_backbone` accepts, checkpoint forms last."""
     return [
-        *REGISTRY, f"{TIMM_PREFIX}NAME[@FILE]", f"{MODULE_PREFIX}pkg.mod:factory",
+        *REGISTRY, *RANDOM_VITS, f"{TIMM_PREFIX}NAME[@FILE]", f"{MODULE_PREFIX}pkg.mod:factory",
         f"{CHECKPOINT_PREFIX}PATH", "PATH.safetensors|.pt|.pth",
     ]
 
@@ -41,7 +44,7 @@ class BackboneName:
 
     ``kind`` and ``value``:
     - ``registry``: the registry name;
-    - ``random``: ``random``;
+    - ``random``: ``random`` or ``random-vits16`` ...;
     - ``checkpoint``: the file path as typed, without ``pul:``;
     - ``timm``: the timm model name, ``path`` the local weights file after ``@`` (or ``None``);
     - ``module``: ``pkg.mod:factory``, the factory's import path.
@@ -60,7 +63,7 @@ class BackboneName:
 def parse_backbone_name(name: str) -> BackboneName:
     """The one parser of backbone names. Raises :class:`~discovery.weights.WeightsError` (one line)
     for anything else."""
-    if name == RANDOM:
+    if name == RANDOM or name in RANDOM_VITS:
         return BackboneName("random", name)
     if name in REGISTRY:
         return BackboneName("registry", name)

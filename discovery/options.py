@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .defaults import STRIDES
+from .defaults import DEFAULT_TAU, STRIDES, VIT_FEATURES
 from .download import TIMEOUT_HELP
 from .names import backbone_names
 
@@ -97,7 +97,12 @@ def add_backbone(parser: argparse.ArgumentParser, default: str | None = "imagene
 
 def add_stride(parser: argparse.ArgumentParser, default: int = DEFAULT_STRIDE, help: str | None = None) -> None:
     parser.add_argument("--stride", type=int, default=default, choices=STRIDES,
-                        help=help or f"output stride of the feature map (default {default})")
+                        help=help or f"output stride of a CNN's feature map (default {default}; a ViT's is its patch size)")
+
+
+def add_features(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--features", default=None, choices=VIT_FEATURES,
+                        help="ViTs: the last block's keys (k, the default, as LOST and TokenCut), queries, values or output tokens")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -109,11 +114,14 @@ def add_weights_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model(parser: argparse.ArgumentParser, default: str | None = "imagenet", stride: int = DEFAULT_STRIDE,
-              *, old_backbone: str | None = None) -> None:
-    """The options of every model-running command: backbone, stride, device, weights folder."""
+              *, old_backbone: str | None = None, features: bool = True) -> None:
+    """The options of every model-running command: backbone, stride, ViT features (``features``),
+    device, weights folder."""
     group = parser.add_argument_group("model")
     add_backbone(group, default, old=old_backbone)
     add_stride(group, stride)
+    if features:
+        add_features(group)
     add_device(group)
     add_weights_dir(group)
 
@@ -144,6 +152,19 @@ def add_seed(parser: argparse.ArgumentParser, default: int = 0, what: str = "") 
 
 def add_k(parser: argparse.ArgumentParser, default: int = 100) -> None:
     parser.add_argument("--k", type=positive_int, default=default, help=f"LOST expansion candidates (default {default})")
+
+
+def cosine(text: str) -> float:
+    value = float(text)
+    if not -1.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a cosine similarity in [-1, 1], got {text}")
+    return value
+
+
+def add_tau(parser: argparse.ArgumentParser, default: float | None = None) -> None:
+    """TokenCut's ``--tau``; ``default=None``: the method's own (:data:`~discovery.defaults.DEFAULT_TAU`)."""
+    parser.add_argument("--tau", type=cosine, default=default,
+                        help=f"TokenCut: cosine similarity above which two cells are joined in its graph (default {DEFAULT_TAU})")
 
 
 def add_max_side(parser: argparse.ArgumentParser, default: int | None) -> None:
@@ -185,3 +206,15 @@ def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     values = {k: v for k, v in vars(args).items() if k in names}
     values.update(overrides)
     return cls(**values)
+
+
+def add_image_source(parser: argparse.ArgumentParser, what: str = "the images") -> None:
+    """``--images DIR`` or ``--dataset NAME --root DIR`` (its boxes give CorLoc), plus ``--limit N``."""
+    from .splits import DATASETS
+
+    group = parser.add_argument_group("images")
+    group.add_argument("--images", type=Path, default=None, metavar="DIR", help=f"{what}: every image under DIR (no boxes)")
+    group.add_argument("--dataset", choices=tuple(DATASETS), default=None,
+                       help=f"{what}: a benchmark split with boxes (with --root; `discovery photos` writes a small real one)")
+    group.add_argument("--root", type=Path, default=None, help="the dataset folder (see docs/eval.md for the layouts)")
+    group.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")

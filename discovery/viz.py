@@ -111,12 +111,19 @@ def on_padded(rgb: np.ndarray, geometry: ImageGeometry, draw) -> np.ndarray:
 
 
 def lost_panels(rgb: np.ndarray, padded_size: tuple[int, int], loc) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Box and seed, inverse-degree map, seed mask for a :class:`~discovery.localizer.Localization`
-    computed on ``rgb`` (the network's unpadded input) padded to ``padded_size``."""
+    """Box and seed, the map the seed came from (LOST's inverse degree, TokenCut's Fiedler vector),
+    seed mask for a :class:`~discovery.localizer.Localization` computed on ``rgb`` (the network's
+    unpadded input) padded to ``padded_size``."""
     geometry = ImageGeometry(loc.image_size, rgb.shape[:2], tuple(padded_size), loc.stride)
+    if loc.eigenvector is not None:
+        def seed_map(canvas: np.ndarray) -> np.ndarray:
+            return heatmap(canvas, loc.eigenvector)
+    else:
+        def seed_map(canvas: np.ndarray) -> np.ndarray:
+            return degree_map(canvas, loc.degree)
     return (
         draw_box(rgb, loc.box, loc.image_size, loc.seed_xy),
-        on_padded(rgb, geometry, lambda canvas: degree_map(canvas, loc.degree)),
+        on_padded(rgb, geometry, seed_map),
         on_padded(rgb, geometry, lambda canvas: mask_overlay(canvas, loc.mask)),
     )
 

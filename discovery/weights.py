@@ -45,6 +45,8 @@ class WeightsSpec:
         size_mb: the file's size in MiB, roughly, for the line printed before a download
             (``None``: not known here).
         mean, std: the per-channel RGB normalisation the weights were trained with (0..1 input).
+        architecture: ``resnet50``, or the DINO ViT layout (``vits16``, ``vits8``, ``vitb16``,
+            ``vitb8``: :data:`discovery.vit.DINO_SHAPES`).
     """
 
     name: str
@@ -56,8 +58,14 @@ class WeightsSpec:
     size_mb: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    architecture: str = "resnet50"
+
+    @property
+    def is_vit(self) -> bool:
+        return self.architecture != "resnet50"
 
 
+_DINO = "https://dl.fbaipublicfiles.com/dino/"
 REGISTRY: dict[str, WeightsSpec] = {
     spec.name: spec
     for spec in (
@@ -87,6 +95,24 @@ REGISTRY: dict[str, WeightsSpec] = {
             has_classifier=False,
             description="DINO self-supervised ResNet50 teacher (headless; no published hash)",
             size_mb=90,
+        ),
+        *(
+            WeightsSpec(
+                name=f"dino-{arch}",
+                url=f"{_DINO}{folder}/{folder}.pth",
+                filename=f"{folder}.pth",
+                sha256_prefix=None,
+                has_classifier=False,
+                description=f"DINO self-supervised {label} (headless; no published hash){note}",
+                size_mb=size,
+                architecture=arch,
+            )
+            for arch, folder, label, size, note in (
+                ("vits16", "dino_deitsmall16_pretrain", "ViT-S/16", 83, ""),
+                ("vits8", "dino_deitsmall8_300ep_pretrain", "ViT-S/8", 83, " (LOST's 300-epoch file)"),
+                ("vitb16", "dino_vitbase16_pretrain", "ViT-B/16", 328, ""),
+                ("vitb8", "dino_vitbase8_pretrain", "ViT-B/8", 328, ""),
+            )
         ),
         WeightsSpec(
             name="random",

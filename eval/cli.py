@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from discovery import options
-from discovery.defaults import DEFAULT_TAU
 
 from .datasets import DATASETS, DatasetError, open_dataset
 from .errors import run_parsed
@@ -52,8 +51,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     options.add_model(p)
     p.add_argument("--out", required=True, type=Path, help="run folder: config.json, predictions.jsonl, results.json")
     options.add_k(p)
-    p.add_argument("--tau", type=float, default=None,
-                   help=f"TokenCut: cosine similarity above which two cells are joined in its graph (default {DEFAULT_TAU})")
+    options.add_tau(p)
     p.add_argument("--limit", type=options.positive_int, default=None, metavar="N", help="evaluate only the first N images of the split")
     p.add_argument("--batch-size", type=options.positive_int, default=None,
                    help=f"images per forward pass, same padded size only (default: {BATCH_SIZE_DEFAULT})")

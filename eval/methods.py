@@ -21,14 +21,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
-import torch
 
 from discovery.defaults import DEFAULT_TAU
 from discovery.detector import Detector
 from discovery.explain import Explainer
 from discovery.localizer import Embedding, Localizer
-from discovery.precision import fp32_math
-from discovery.tokencut import localize_batch as tokencut_batch
 
 
 @dataclass(frozen=True)
@@ -63,14 +60,8 @@ def gradcam(localizer: Localizer, embeddings: Sequence[Embedding], k: int) -> li
 def tokencut(localizer: Localizer, embeddings: Sequence[Embedding], k: int, tau: float = DEFAULT_TAU) -> list[Proposal]:
     """TokenCut (docs/protocol.md) on the localizer's feature map with threshold ``tau``: its box and
     the centre of its seed cell, in original pixels (``k`` unused)."""
-    feats = torch.stack([e.features for e in embeddings])
-    with fp32_math(localizer.tf32):
-        raw = tokencut_batch(feats, [e.image.size for e in embeddings], stride=localizer.stride, tau=tau)
-    proposals = []
-    for embedding, res in zip(embeddings, raw):
-        geometry = embedding.image.geometry
-        proposals.append(Proposal(geometry.clip(geometry.box_to_original(res.box)), geometry.cell_centre(res.seed)))
-    return proposals
+    found = localizer.localize(list(embeddings), method="tokencut", tau=tau)
+    return [Proposal(loc.box, loc.seed_xy) for loc in found]
 
 
 METHODS: MappingProxyType[str, FeatureMethod] = MappingProxyType({"lost": lost, "gradcam": gradcam, "tokencut": tokencut})

@@ -39,7 +39,7 @@ class RunOptions:
     """Everything ``eval run`` takes. ``limit``: evaluate only the first N images of the split;
     ``batch_size``: images per forward pass (same padded size only); ``workers``: decoding
     processes (``None`` for either: :func:`default_batch_size` / :func:`default_workers`);
-    ``skip_bad``: leave out images with bad annotations or unreadable files; ``tau``: TokenCut's
+    ``features``: a ViT's feature map (``None``: its keys); ``skip_bad``: leave out images with bad annotations or unreadable files; ``tau``: TokenCut's
     graph threshold (``None``: :data:`discovery.tokencut.DEFAULT_TAU`); ``precision``:
     ``fp32`` (the protocol) or ``bf16``/``fp16`` autocast for the trunk on GPUs; ``tf32``: let
     CUDA fp32 math use TensorFloat-32 (off: IEEE fp32, see :mod:`discovery.precision`).
@@ -52,6 +52,7 @@ class RunOptions:
     backbone: str
     out: Path
     stride: int = 16
+    features: str | None = None
     k: int = 100
     tau: float | None = None
     no_hard: bool = False

@@ -73,7 +73,9 @@ class Model:
         if self.localizer is None:
             return {"stride": self.stride, **precision_record(self.device, "fp32", self.tf32), **self.method.config(), **check}
         info, loc = self.localizer.backbone.info, self.localizer
-        return {"backbone": info.name, "weights_sha256": info.sha256, "stride": loc.stride,
+        # ViTs only, so that the runs of CNNs made before ViTs existed still resume
+        vit = {} if loc.backbone.standardize else {"features": info.metadata["features"], "lost_standardize": False}
+        return {"backbone": info.name, "weights_sha256": info.sha256, "stride": loc.stride, **vit,
                 **precision_record(self.device, loc.precision, loc.tf32), **check}
 
     def embed(self, good: list[Decoded]):
@@ -96,7 +98,7 @@ def load_model(opts: RunOptions, ctx: DistContext, method: Method, download: boo
         return Model(method, None, torch.device(ctx.device), opts.stride, opts.tf32)
     localizer = Localizer(
         opts.backbone, device=ctx.device, stride=opts.stride, max_side=None, weights_dir=opts.weights_dir,
-        download=download, precision=opts.precision, tf32=opts.tf32,
+        download=download, precision=opts.precision, tf32=opts.tf32, features=opts.features,
     )
     return Model(method, localizer, localizer.backbone.device, localizer.stride, opts.tf32)
 

@@ -82,14 +82,21 @@ class OverlayNames:
 
 
 def lost_figure(emb: Embedding, loc: Localization, note: str | None) -> np.ndarray:
-    """Box and seed | inverse degree map (with its colour bar) | seed component, titled; ``note``
-    (a pipeline check's :attr:`~discovery.backbone.BackboneInfo.pipeline_check`) across the bottom."""
-    box, degree, mask = viz.lost_panels(emb.image.rgb, tuple(emb.image.tensor.shape[1:]), loc)
+    """Box and seed | the seed's map with its colour bar (LOST's inverse degree, TokenCut's Fiedler
+    vector) | seed component, titled; ``note`` (a pipeline check's
+    :attr:`~discovery.backbone.BackboneInfo.pipeline_check`) across the bottom."""
+    box, seed_map, mask = viz.lost_panels(emb.image.rgb, tuple(emb.image.tensor.shape[1:]), loc)
+    if loc.method == "tokencut":
+        map_panel = viz.Panel(seed_map, "Fiedler vector", colorbar=("other side", "seed's side"))
+        title, setting = "TokenCut", f"tau={loc.tau:g}"
+    else:
+        map_panel = viz.Panel(seed_map, "inverse degree", colorbar=("many links", "few links: seed"))
+        title, setting = "LOST", f"k={loc.k}"
     return viz.compose(
         [
-            viz.Panel(box, f"LOST box and seed ({loc.backbone}, stride {loc.stride})"),
-            viz.Panel(degree, "inverse degree", colorbar=("many links", "few links: seed")),
-            viz.Panel(mask, f"seed component (k={loc.k})"),
+            viz.Panel(box, f"{title} box and seed ({loc.backbone}, stride {loc.stride})"),
+            map_panel,
+            viz.Panel(mask, f"seed component ({setting})"),
         ],
         note=note,
     )

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from .common import OverlayNames, lost_figure, with_random_fallback
 
     localizer = with_random_fallback(
-        lambda name: Localizer(name, device=args.device, stride=args.stride, weights_dir=args.weights_dir), args.backbone
+        lambda name: Localizer(name, device=args.device, stride=args.stride, weights_dir=args.weights_dir,
+                               features=args.features), args.backbone
     )
     path = example_path(args.example)
     emb = localizer.embed(path)

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if not images:
         raise ValueError("give at least one IMAGE or --example NAME")
     def build(name: str) -> Localizer:
-        return Localizer(name, device=args.device, stride=args.stride, max_side=args.max_side or None, weights_dir=args.weights_dir)
+        return Localizer(name, device=args.device, stride=args.stride, max_side=args.max_side or None,
+                         weights_dir=args.weights_dir, features=args.features)
 
     # Bundled examples alone are a demo: like `discovery demo`, they run (labelled) without weights.
     localizer = with_random_fallback(build, args.backbone) if not args.images else build(args.backbone)

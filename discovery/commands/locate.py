@@ -1,5 +1,6 @@
-"""``discovery locate IMAGE...``: one JSON line per image, optional overlay PNGs; with
-``--detector FILE`` the boxes and scores of a trained detector (``discovery cad train``) instead."""
+"""``discovery locate IMAGE...``: one JSON line per image (LOST's box, or TokenCut's with
+``--method tokencut``), optional overlay PNGs; with ``--detector FILE`` the boxes and scores of a
+trained detector (``discovery cad train``) instead."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .. import options
-from ..defaults import DEFAULT_MAX_SIDE
+from ..defaults import DEFAULT_MAX_SIDE, DEFAULT_TAU, DISCOVERY_METHODS
 
 # Heavy modules (torch, the models) are imported in the functions that run, so parsing is quick.
 
@@ -18,9 +19,11 @@ def register(p: argparse.ArgumentParser) -> None:
     """The options of `discovery locate`."""
     p.add_argument("images", nargs="+", metavar="IMAGE")
     options.add_model(p)
+    p.add_argument("--method", default="lost", choices=DISCOVERY_METHODS, help="discovery method (default lost)")
     options.add_k(p)
+    options.add_tau(p, DEFAULT_TAU)
     options.add_max_side(p, DEFAULT_MAX_SIDE)
-    p.add_argument("--out-dir", type=Path, default=None, help="write <image>_<backbone>_lost.png overlays here")
+    p.add_argument("--out-dir", type=Path, default=None, help="write <image>_<backbone>_<method>.png overlays here")
     options.add_alias(p, "--overlay-dir", "--out-dir", type=Path)
     p.add_argument("--detector", type=Path, default=None, metavar="FILE",
                    help="print the boxes and scores of this detector (`discovery cad train`) instead of LOST's box")
@@ -34,6 +37,8 @@ def run_detector(args: argparse.Namespace) -> int:
 
     if args.out_dir:
         raise ValueError("--out-dir draws LOST's panels; it does not apply with --detector")
+    if args.method != "lost":
+        raise ValueError("--method chooses the discovery method; it does not apply with --detector")
     detector = Detector(args.detector, device=args.device, max_side=args.max_side or None)
     if detector.pipeline_check:
         print(f"note: {detector.pipeline_check}", file=sys.stderr)
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     localizer = Localizer(
         args.backbone, device=args.device, stride=args.stride,
-        max_side=args.max_side or None, weights_dir=args.weights_dir,
+        max_side=args.max_side or None, weights_dir=args.weights_dir, features=args.features,
     )
     note = localizer.backbone.info.pipeline_check
     if note:
@@ -63,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     names = OverlayNames(args.out_dir) if args.out_dir else None
     loop = ImageLoop(args.images, localizer.embed)
     for image, emb in loop:
-        loc = localizer.localize(emb, k=args.k)
+        loc = localizer.localize(emb, k=args.k, method=args.method, tau=args.tau)
         record = {"image": image, **loc.to_json()}
         if names:
-            out = names(image, loc.backbone, "lost")
+            out = names(image, loc.backbone, args.method)
             Image.fromarray(lost_figure(emb, loc, note)).save(out)
             record["overlay"] = str(out)
         print(json.dumps(record), flush=True)

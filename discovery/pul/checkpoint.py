@@ -29,6 +29,12 @@ def epoch_path(out: Path, epoch: int) -> Path:
     return out.with_name(f"{out.stem}.epoch{epoch}{out.suffix}")
 
 
+def _pooled(base: Backbone) -> str:
+    if base.is_resnet50:
+        return "global-average-pooled layer4"
+    return "the ViT's pooled token (CLS after the final norm)" if not base.standardize else "global-average-pooled trunk features"
+
+
 def metadata(
     config: PULConfig, base: Backbone, images: ImageList, skipped: list[str], labels: torch.Tensor,
     steps: int, dist: DistContext,
@@ -70,7 +76,7 @@ def metadata(
         "loss": "CE(projector, random labels) + kl_weight * T^2 * KL(p_frozen || p_student) at T",
         "kl_distribution": f"base's {base.num_classes}-way fc (student trains its own copy)" if base.fc is not None
         else f"frozen random linear head {base.channels}->{HEADLESS_CLASSES} seeded from (seed, 'head'), shared by both",
-        "projector": f"Linear({base.channels},{config.projector_width}) -> ReLU -> Linear({config.projector_width},{config.classes}) on global-average-pooled {'layer4' if base.is_resnet50 else 'trunk features'}",
+        "projector": f"Linear({base.channels},{config.projector_width}) -> ReLU -> Linear({config.projector_width},{config.classes}) on {_pooled(base)}",
         "optimizer": "SGD",
         "lr_schedule": ("lr * (1 + 10 * step / total_steps) ** -0.75" if config.lr_decay else "constant")
         + (f" * min(1, (step + 1) / {config.warmup_steps}) (linear warm-up)" if config.warmup_steps else ""),

@@ -5,9 +5,13 @@
   checkpoint (``pul train --save-every-epoch`` keeps the projector of epochs 0..N). The paper's
   claim: early maps sit on random spots, later ones on the object, and only for the assigned label.
 - **Activation statistics per stage** (the paper's Fig. 6, "massive activation"): per stage
-  (``conv1`` = the stem after BatchNorm and ReLU, ``layer1`` .. ``layer4`` = each stage's output),
-  the largest ``|activation|`` over the median ``|activation|``, on the same images, for the base
+  (``conv1`` = the stem after BatchNorm and ReLU, ``layer1`` .. ``layer4`` = each stage's output;
+  on a ViT ``block1`` .. ``blockN``, the residual stream after each block, every token), the largest
+  ``|activation|`` over the median ``|activation|`` and the top 4, on the same images, for the base
   against the refined weights. The paper's claim: PUL shrinks the outliers.
+- **Patch-token norms** (ViTs; §4.3: PUL "mitigates the need for registers"): the norm of every patch
+  token at the last block's output, for each checkpoint (:class:`~.measures.TokenNorms`); run it on a
+  model with registers too (e.g. ``timm:vit_small_patch14_reg4_dinov2@FILE``) to compare.
 
 The rows and cells are :mod:`discovery.pul.measures`; figures are drawn by :mod:`discovery.pul.figures`;
 the command is ``discovery pul evidence``.
@@ -25,14 +29,15 @@ import torch
 from ..architecture import RESNET50
 from ..backbone import Backbone, eval_mode
 from ..backbones import load_backbone
-from ..explain import gradcam_map, normalize, upsample
+from ..explain import gradcam_map, normalize, upsample, weighted_map
 from ..files import write_text_atomic
 from ..images import PreparedImage, prepare
 from ..names import parse_backbone_name
+from ..vit import ViTTrunk
 from ..weights import load_file
 from .data import ImageList, PULError, random_labels
-from .figures import draw_cam_grid, draw_stats, pyplot
-from .measures import STAGES, CamCell, StageStats
+from .figures import draw_cam_grid, draw_stats, draw_token_norms, pyplot
+from .measures import HIGH_NORM_FACTOR, STAGES, CamCell, StageStats, TokenNorms
 from .model import Projector, projector_from_state
 
 #: trunk part whose output each stage's activations are
@@ -103,30 +108,45 @@ def cam_grid(checkpoint: Checkpoint, images: list[PreparedImage], labels: list[i
     checkpoint's projector (none when it has no projector)."""
     if checkpoint.projector is None:
         return []
+    backbone, projector = checkpoint.backbone, checkpoint.projector
     cells = []
     for index, (image, label) in enumerate(zip(images, labels)):
-        acts = _features(checkpoint.backbone, image)
+        acts = None if isinstance(backbone.trunk, ViTTrunk) else _features(backbone, image)
         for target, assigned in ((label, True), ((label + 1) % classes, False)):
-            raw = gradcam_map(acts, lambda a, t=target: checkpoint.projector(a.mean(dim=(1, 2))[None])[0, t])
+            if acts is None:  # a ViT: at its last block's norm1, as the explainer does
+                with eval_mode(backbone):
+                    tokens, grads = backbone.trunk.cam(image.tensor[None].to(backbone.device),
+                                                       lambda pooled, t=target: projector(pooled)[0, t])
+                raw = weighted_map(tokens[0].float(), grads[0].float())
+            else:
+                raw = gradcam_map(acts, lambda a, t=target: projector(a.mean(dim=(1, 2))[None])[0, t])
             cam = normalize(upsample(raw, image.geometry))
             cells.append(CamCell(checkpoint.label, index, target, assigned, cam))
     return cells
 
 
+def _stage_outputs(backbone: Backbone, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each stage's output for one image: the ResNet50's :data:`STAGES`, a ViT's blocks."""
+    if isinstance(backbone.trunk, ViTTrunk):
+        return {f"block{i}": out for i, out in enumerate(backbone.trunk.residual_stream(x), 1)}
+    outputs = {}
+    for index, module in enumerate(backbone.trunk):
+        x = module(x)
+        outputs.update({stage: x for stage, at in STAGE_INDEX.items() if at == index})
+    return outputs
+
+
 @torch.inference_mode()
 def stage_stats(checkpoint: Checkpoint, images: list[PreparedImage]) -> list[StageStats]:
-    """:class:`StageStats` of every stage in :data:`STAGES` over all ``images`` (padding cells included)."""
-    magnitudes: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
+    """:class:`StageStats` of every stage (:func:`_stage_outputs`) over all ``images`` (padding cells included)."""
+    magnitudes: dict[str, list[torch.Tensor]] = {}
     for image in images:
-        x = image.tensor[None].to(checkpoint.backbone.device)
         with eval_mode(checkpoint.backbone):
-            for index, module in enumerate(checkpoint.backbone.trunk):
-                x = module(x)
-                for stage, at in STAGE_INDEX.items():
-                    if at == index:
-                        magnitudes[stage].append(x.abs().flatten().float().cpu())
+            outputs = _stage_outputs(checkpoint.backbone, image.tensor[None].to(checkpoint.backbone.device))
+        for stage, out in outputs.items():
+            magnitudes.setdefault(stage, []).append(out.abs().flatten().float().cpu())
     rows = []
-    for stage in STAGES:
+    for stage in magnitudes:
         values = torch.cat(magnitudes[stage])
         nonzero = values[values > 0]
         median = float(nonzero.median()) if len(nonzero) else 0.0
@@ -135,6 +155,35 @@ def stage_stats(checkpoint: Checkpoint, images: list[PreparedImage]) -> list[Sta
         ratio = peak / median if median > 0 else float("inf")
         rows.append(StageStats(checkpoint.label, stage, peak, median, ratio, 1 - len(nonzero) / len(values), top))
     return rows
+
+
+@torch.inference_mode()
+def token_norms(checkpoint: Checkpoint, images: list[PreparedImage]) -> TokenNorms | None:
+    """:class:`TokenNorms` of a ViT checkpoint over ``images`` (``None`` for a CNN)."""
+    trunk = checkpoint.backbone.trunk
+    if not isinstance(trunk, ViTTrunk):
+        return None
+    norms = []
+    for image in images:
+        with eval_mode(checkpoint.backbone):
+            last = trunk.residual_stream(image.tensor[None].to(checkpoint.backbone.device))[-1]
+        norms.append(last[0, trunk.prefix:].float().norm(dim=1).cpu())
+    values = torch.cat(norms).double()
+    median = float(values.median())
+    return TokenNorms(checkpoint.label, median, float(values.quantile(0.99)), float(values.max()),
+                      float((values > HIGH_NORM_FACTOR * median).double().mean()), values.numpy())
+
+
+NORM_COLUMNS = ("checkpoint", "median_norm", "p99_norm", "max_norm", "high_norm_fraction")
+
+
+def norms_csv(rows: list[TokenNorms]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(NORM_COLUMNS)
+    for r in rows:
+        writer.writerow([r.checkpoint, f"{r.median:.6g}", f"{r.p99:.6g}", f"{r.max:.6g}", f"{r.high_fraction:.6f}"])
+    return out.getvalue()
 
 
 CSV_COLUMNS = ("checkpoint", "stage", "max_abs", "median_abs", "max_over_median", "zero_fraction", "top4_abs")
@@ -153,6 +202,7 @@ def stats_csv(rows: list[StageStats]) -> str:
 def stats_markdown(rows: list[StageStats], note: str = "") -> str:
     """One row per stage, one column per checkpoint: ``max/median (max)``."""
     names = list(dict.fromkeys(r.checkpoint for r in rows))
+    stages = list(dict.fromkeys(r.stage for r in rows))
     cell = {(r.checkpoint, r.stage): r for r in rows}
     lines = [
         "# Activation statistics per stage (the seed paper's massive-activation claim, Fig. 6)",
@@ -164,7 +214,7 @@ def stats_markdown(rows: list[StageStats], note: str = "") -> str:
     if note:
         lines += [f"**{note}**", ""]
     lines += ["| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for stage in STAGES:
+    for stage in stages:
         lines.append(f"| {stage} | " + " | ".join(
             f"{cell[(n, stage)].ratio:.1f} ({cell[(n, stage)].max_abs:.3g})" for n in names) + " |")
     return "\n".join(lines) + "\n"
@@ -179,7 +229,8 @@ def write_evidence(
 ) -> dict[str, Path]:
     """Load every checkpoint in ``names`` (base first, then e.g. ``OUT.epoch0..N.safetensors``), pick
     ``count`` of the training ``images`` and write into ``out``: ``activations.md`` / ``.csv``, and
-    with ``plot`` ``activations.png`` and ``gradcam_grid.png``. Returns the written paths by name."""
+    with ``plot`` ``activations.png`` and ``gradcam_grid.png``; for ViTs ``token_norms.csv`` (and
+    ``.png``) too. Returns the written paths by name."""
     if plot:
         pyplot(" (or --no-plot)")  # fail before the expensive part when matplotlib is missing
     checkpoints = [load_checkpoint(n, stride, device, weights_dir) for n in names]
@@ -187,19 +238,25 @@ def write_evidence(
     chosen = pick(images, count)
     random_base = any(c.backbone.info.is_random for c in checkpoints)
     note = PIPELINE_NOTE if random_base else ""
-    stats = []
-    cells = []
+    stats, cells, norms = [], [], []
     inputs = prepared(images, chosen, checkpoints[0].backbone, max_side)
     for checkpoint in checkpoints:
         stats += stage_stats(checkpoint, inputs)
         cells += cam_grid(checkpoint, inputs, [int(labels[i]) for i in chosen], classes)
+        found = token_norms(checkpoint, inputs)
+        norms += [found] if found is not None else []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {"activations.md": out / "activations.md", "activations.csv": out / "activations.csv"}
     write_text_atomic(written["activations.md"], stats_markdown(stats, note))
     write_text_atomic(written["activations.csv"], stats_csv(stats))
+    if norms:
+        written["token_norms.csv"] = out / "token_norms.csv"
+        write_text_atomic(written["token_norms.csv"], norms_csv(norms))
     if plot:
         written["activations.png"] = draw_stats(stats, out / "activations.png", note)
+        if norms:
+            written["token_norms.png"] = draw_token_norms(norms, out / "token_norms.png", note)
         if cells:
             written["gradcam_grid.png"] = draw_cam_grid(cells, [p.rgb for p in inputs], out / "gradcam_grid.png", note)
     return written

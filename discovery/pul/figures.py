@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import PULError
-from .measures import STAGES, CamCell, StageStats
+from .measures import HIGH_NORM_FACTOR, CamCell, StageStats, TokenNorms
 
 
 def pyplot(hint: str = ""):
@@ -55,22 +55,42 @@ def draw_stats(rows: list[StageStats], out: Path, note: str = "") -> Path:
     """Max / median |activation| per stage (log scale), one line per checkpoint, and the top-4 |a|."""
     plt = pyplot()
     names = list(dict.fromkeys(r.checkpoint for r in rows))
+    stages = list(dict.fromkeys(r.stage for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    x = np.arange(len(STAGES))
+    x = np.arange(len(stages))
     for n, name in enumerate(names):
         mine = {r.stage: r for r in rows if r.checkpoint == name}
-        axes[0].plot(x, [mine[s].ratio for s in STAGES], marker="o", label=name)
+        axes[0].plot(x, [mine[s].ratio for s in stages], marker="o", label=name)
         offset = (n - (len(names) - 1) / 2) * 0.8 / max(1, len(names))
-        for j, stage in enumerate(STAGES):
+        for j, stage in enumerate(stages):
             axes[1].scatter([j + offset] * len(mine[stage].top), mine[stage].top, s=12,
                             color=f"C{n}", label=name if j == 0 else None)
     for ax, title in zip(axes, ("largest / median non-zero |activation|", "top-4 |activation| per stage")):
-        ax.set_xticks(x, STAGES)
+        ax.set_xticks(x, stages, rotation=45 if len(stages) > 6 else 0)
         ax.set_yscale("log")
         ax.set_title(title, fontsize="medium")
         ax.legend(fontsize="small")
     if note:
         fig.suptitle(note, fontsize="medium")
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def draw_token_norms(rows: list[TokenNorms], out: Path, note: str = "") -> Path:
+    """Histogram (log count) of the patch-token norms of each checkpoint, the high-norm line of the first."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    top = max(float(r.norms.max()) for r in rows)
+    bins = np.linspace(0.0, top, 60)
+    for n, r in enumerate(rows):
+        ax.hist(r.norms, bins=bins, histtype="step", color=f"C{n}",
+                label=f"{r.checkpoint} (>{HIGH_NORM_FACTOR:g}x median: {100 * r.high_fraction:.2f} %)")
+    ax.axvline(HIGH_NORM_FACTOR * rows[0].median, color="C0", linestyle=":", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("patch-token norm at the last block's output")
+    ax.set_ylabel("tokens")
+    ax.legend(fontsize="small")
+    ax.set_title("high-norm tokens (what registers remove)" + (f"\n{note}" if note else ""), fontsize="medium")
     fig.tight_layout()
     return _save(fig, out, plt)
 

@@ -9,8 +9,12 @@ import numpy as np
 
 from ..architecture import RESNET50
 
-#: The stages measured (the paper's Fig. 6): ``conv1``, the stem after its ReLU, then each layer's output.
+#: The stages measured on a ResNet50 (the paper's Fig. 6): ``conv1``, the stem after its ReLU, then
+#: each layer's output. A ViT's stages are its blocks (``block1`` ...), each block's output tokens.
 STAGES = ("conv1", *(stage.name for stage in RESNET50.stages[1:]))
+#: A patch token is "high-norm" (the artefact registers remove, Darcet et al. 2024) when its norm
+#: exceeds this multiple of the median patch-token norm of the same checkpoint.
+HIGH_NORM_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,20 @@ class StageStats:
     ratio: float
     zero_fraction: float
     top: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TokenNorms:
+    """The L2 norms of a ViT's patch tokens at its last block's output (prefix tokens, CLS and
+    registers, left out) over all images: their ``median``, ``p99`` and ``max``, and the fraction
+    above :data:`HIGH_NORM_FACTOR` × the median; ``norms`` all of them (for the histogram)."""
+
+    checkpoint: str
+    median: float
+    p99: float
+    max: float
+    high_fraction: float
+    norms: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..architecture import RESNET50
-from ..backbone import Backbone, BackboneInfo
+from ..backbone import Backbone, BackboneInfo, pooled_features
 from ..backbones import PROJECTOR_PREFIX
 from ..resnet import backbone_from_state
 from ..sampling import derive_seed
@@ -47,7 +47,7 @@ class PULStudent(nn.Module):
         self.projector = projector
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.trunk(x).mean(dim=(2, 3))
+        pooled = pooled_features(self.trunk, x)
         return self.projector(pooled), self.head(pooled)
 
 
@@ -60,7 +60,7 @@ class PULTeacher(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x).mean(dim=(2, 3)))
+        return self.head(pooled_features(self.trunk, x))
 
 
 def random_head(seed: int, classes: int = HEADLESS_CLASSES, features: int = 2048) -> nn.Linear:
@@ -184,5 +184,5 @@ def student_backbone(student: PULStudent, base: Backbone, step: int, stride: int
         return backbone_from_state(checkpoint_state(student, base), info, stride, base.mean, base.std, device)
     trunk, head = copy.deepcopy(student.trunk), copy.deepcopy(student.head) if base.fc is not None else None
     twin = Backbone(trunk, head, mean=base.mean, std=base.std, stride=base.stride, info=info,
-                    architecture=base.architecture, channels=base.channels)
+                    architecture=base.architecture, channels=base.channels, standardize=base.standardize)
     return twin.to(device).eval().requires_grad_(False)

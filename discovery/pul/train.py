@@ -94,7 +94,7 @@ def train(config: PULConfig, log: Say | None = None, evaluate: Evaluate | None =
     images = image_list(config)
     base = load_backbone(config.base, device="cpu", stride=TRAIN_STRIDE, weights_dir=config.weights_dir)
     if base.info.is_random:
-        origin = "" if config.base == "random" else " (trained from the 'random' backbone)"
+        origin = "" if base.info.sha256.startswith("random") else " (trained from the 'random' backbone)"
         say(f"note: base {config.base!r} is a pipeline check, not a model{origin}; so is what this run trains")
     with joined(dist):
         trainer = PULTrainer(config, dist, device, images, base, say, evaluate if config.eval_every else None)
