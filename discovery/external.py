@@ -93,6 +93,9 @@ def build_timm(name: str, model: str, path: str | None, pretrained: bool = True,
         file = Path(path).expanduser()
         state, meta = W.load_file(file, strip=False)
         classifier = _classifier_name(net, net.get_classifier())
+        head_weight = state.get(f"{classifier}.weight")
+        if head_weight is not None and head_weight.dim() == 2 and head_weight.shape[0] != net.num_classes:
+            net.reset_classifier(int(head_weight.shape[0]))  # a fine-tuned head of another width
         try:
             result = net.load_state_dict(state, strict=False)
         except RuntimeError as err:
