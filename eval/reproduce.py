@@ -1,16 +1,18 @@
 """`reproduce`: the seed paper's Table 5 grid in one command, resumable cell by cell.
 
-For each base (``imagenet``, ``dino``) and dataset (VOC07, VOC12, COCO20k): LOST CorLoc of the
-base (``eval run``), PUL for N epochs on the dataset's own images (no label read), LOST CorLoc of
-the refined weights; then ``OUT/table.md`` and ``OUT/table.csv`` (rewritten after every cell).
+For each base (``imagenet``, ``dino``; DINO's ViTs ``dino-vits16``, ``dino-vits8``, ``dino-vitb16``
+on request) and dataset (VOC07, VOC12, COCO20k): CorLoc of the base for each method (``eval run``;
+LOST for CNNs, LOST and TokenCut for ViTs unless ``--methods`` says), PUL for N epochs on the
+dataset's own images (no label read), the same CorLoc of the refined weights; then
+``OUT/table.md`` and ``OUT/table.csv`` (rewritten after every cell).
 
 Folder::
 
     OUT/reproduce.json                     the options that decide the numbers (a re-run must match)
-    OUT/cells/<base>-<dataset>/lost-base/  an ``eval run`` folder (resumable)
+    OUT/cells/<base>-<dataset>/lost-base/  an ``eval run`` folder (resumable); tokencut-base/ likewise
     OUT/cells/<base>-<dataset>/pul.safetensors (+ .state.pt while training; resumed with --resume)
     OUT/cells/<base>-<dataset>/pul-dynamics.csv
-    OUT/cells/<base>-<dataset>/lost-pul/   ``eval run`` of ``pul:pul.safetensors``
+    OUT/cells/<base>-<dataset>/lost-pul/   ``eval run`` of ``pul:pul.safetensors`` (tokencut-pul/ likewise)
     OUT/cells/<base>-<dataset>/cell.json   the cell's numbers and config (weights hashes, git revision, options)
     OUT/synth/                             ``--quick`` only: the synthetic data
 
@@ -32,12 +34,13 @@ import torch
 
 import discovery
 from discovery import options
+from discovery.defaults import DISCOVERY_METHODS
 from discovery.distributed import DistContext, from_env, join, teardown
 from discovery.files import write_text_atomic
 from discovery.provenance import git_revision
 from discovery.pul import PULConfig, state_path, train
 from discovery.splits import DATASETS
-from discovery.weights import load_file
+from discovery.weights import REGISTRY, load_file
 
 from .errors import RunError, run_parsed
 from .run_options import BATCH_SIZE_DEFAULT, RunOptions
@@ -47,6 +50,10 @@ from .synth import make_synthetic
 from .table import PIPELINE_CHECK, Row, table_csv, table_markdown
 
 BASES = ("imagenet", "dino")
+#: DINO's ViTs with published LOST and TokenCut rows (DESIGN §11; ``--bases`` takes them).
+VIT_BASES = ("dino-vits16", "dino-vits8", "dino-vitb16")
+#: ``--quick``'s bases: the random ResNet50 and a random ViT-S/16, so CI runs both paths.
+QUICK_BASES = ("random", "random-vits16")
 OPTIONS_FILE = "reproduce.json"
 #: ``--quick``: PUL settings small enough for a 2-core CPU (random weights diverge at lr 0.01).
 QUICK_PUL = {"input_size": 32, "batch_size": 4, "lr": 1e-4, "workers": 0}
@@ -76,6 +83,14 @@ class ReproduceOptions:
     stop_after: int | None = None
     weights_dir: Path | None = None
     progress: bool = True
+    methods: tuple[str, ...] | None = None
+
+    def methods_of(self, base: str) -> tuple[str, ...]:
+        """``methods``, or by default LOST for a CNN base and LOST and TokenCut for a ViT."""
+        if self.methods is not None:
+            return self.methods
+        vit = base.startswith("random-") or (base in REGISTRY and REGISTRY[base].is_vit)
+        return ("lost", "tokencut") if vit else ("lost",)
 
     def decisive(self) -> dict:
         """The options a re-run into the same folder must repeat (the others may change)."""
@@ -95,8 +110,10 @@ def prepare(opts: ReproduceOptions) -> ReproduceOptions:
         raise ValueError(f"--datasets: choose from {', '.join(DATASETS)} (got {', '.join(unknown) or 'none'})")
     if opts.epochs < 1:
         raise ValueError(f"--epochs must be at least 1 (got {opts.epochs})")
+    if opts.methods is not None and (not opts.methods or any(m not in DISCOVERY_METHODS for m in opts.methods)):
+        raise ValueError(f"--methods: choose from {', '.join(DISCOVERY_METHODS)}")
     if opts.quick:
-        return replace(opts, root=opts.out / "synth", bases=("random",), **QUICK_PUL)
+        return replace(opts, root=opts.out / "synth", bases=QUICK_BASES, **QUICK_PUL)
     if opts.root is None:
         raise ValueError("--root DATA is needed (the eval fetch layout), or --quick for the synthetic pipeline check")
     if not Path(opts.root).is_dir():
@@ -128,10 +145,10 @@ def make_quick_data(opts: ReproduceOptions) -> None:
     partial.rename(opts.root)
 
 
-def lost_corloc(opts: ReproduceOptions, dataset: str, backbone: str, folder: Path) -> dict | None:
-    """``eval run`` into ``folder`` (resumes what is there); the summary on rank 0."""
+def corloc(opts: ReproduceOptions, dataset: str, backbone: str, method: str, folder: Path) -> dict | None:
+    """``eval run`` of ``method`` into ``folder`` (resumes what is there); the summary on rank 0."""
     return run(RunOptions(
-        dataset=dataset, root=opts.root, backbone=backbone, out=folder, limit=opts.limit,
+        dataset=dataset, root=opts.root, backbone=backbone, out=folder, limit=opts.limit, method=method,
         batch_size=opts.eval_batch_size, workers=opts.workers, device=opts.device,
         weights_dir=opts.weights_dir, progress=opts.progress,
     ))
@@ -160,26 +177,31 @@ def refine(opts: ReproduceOptions, ctx: DistContext, base: str, dataset: str, ce
     return out, meta
 
 
-def run_cell(opts: ReproduceOptions, ctx: DistContext, base: str, dataset: str, note: str) -> Row:
-    """One base × dataset: LOST of the base, PUL, LOST of the refined weights; ``cell.json``."""
+def run_cell(opts: ReproduceOptions, ctx: DistContext, base: str, dataset: str, note: str) -> list[Row]:
+    """One base × dataset: each method on the base, PUL, each method on the refined weights;
+    ``cell.json``. One row per method."""
     cell = opts.out / "cells" / f"{base}-{dataset}"
-    before = lost_corloc(opts, dataset, base, cell / "lost-base")
+    methods = opts.methods_of(base)
+    before = {m: corloc(opts, dataset, base, m, cell / f"{m}-base") for m in methods}
     checkpoint, meta = refine(opts, ctx, base, dataset, cell)
-    after = lost_corloc(opts, dataset, f"pul:{checkpoint}", cell / "lost-pul")
+    after = {m: corloc(opts, dataset, f"pul:{checkpoint}", m, cell / f"{m}-pul") for m in methods}
     if not ctx.is_main:
-        return Row(base, dataset)
-    row = Row(
-        base, dataset, before["corloc"], after["corloc"], opts.epochs, meta["images"]["count"],
-        before["weights_sha256"], after["weights_sha256"], git_revision(), note,
-    )
+        return [Row(base, dataset, method=m) for m in methods]
+    revision = git_revision()
+    rows = [Row(
+        base, dataset, before[m]["corloc"], after[m]["corloc"], opts.epochs, meta["images"]["count"],
+        before[m]["weights_sha256"], after[m]["weights_sha256"], revision, note, m,
+    ) for m in methods]
     record = {
-        "base": base, "dataset": dataset, "note": note, "lost_base": before, "lost_pul": after,
-        "pul": {"checkpoint": str(checkpoint), "metadata": meta}, "published_lost": row.published,
+        "base": base, "dataset": dataset, "note": note,
+        **{f"{m}_base": before[m] for m in methods}, **{f"{m}_pul": after[m] for m in methods},
+        "pul": {"checkpoint": str(checkpoint), "metadata": meta},
+        **{f"published_{r.method}": r.published for r in rows},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        "git_revision": row.git_revision, "library_version": discovery.__version__, "torch_version": torch.__version__,
+        "git_revision": revision, "library_version": discovery.__version__, "torch_version": torch.__version__,
     }
     write_text_atomic(cell / "cell.json", json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
-    return row
+    return rows
 
 
 def write_tables(opts: ReproduceOptions, rows: list[Row], note: str) -> None:
@@ -210,12 +232,12 @@ def reproduce(opts: ReproduceOptions) -> list[Row]:
         ctx.barrier()
         note = PIPELINE_CHECK if opts.quick else ""
         grid = [(b, d) for b in opts.bases for d in opts.datasets]
-        rows = [Row(b, d, note=note) for b, d in grid]
+        cells = [[Row(b, d, note=note, method=m) for m in opts.methods_of(b)] for b, d in grid]
         for i, (base, dataset) in enumerate(grid):
-            rows[i] = run_cell(opts, ctx, base, dataset, note)
+            cells[i] = run_cell(opts, ctx, base, dataset, note)
             if ctx.is_main:
-                write_tables(opts, rows, note)
-        return rows
+                write_tables(opts, [row for rows in cells for row in rows], note)
+        return [row for rows in cells for row in rows]
     finally:
         if started:
             teardown(ctx)
@@ -231,7 +253,10 @@ _PUL_WORKERS = _default("workers", PULConfig)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, default=None, help="the data, as `eval fetch --root DATA` lays it out")
     p.add_argument("--out", type=Path, required=True, help="folder for the run folders, checkpoints and table.md / table.csv")
-    p.add_argument("--bases", nargs="+", default=list(BASES), choices=BASES, help=f"default: {' '.join(BASES)}")
+    p.add_argument("--bases", nargs="+", default=list(BASES), choices=(*BASES, *VIT_BASES),
+                   help=f"default: {' '.join(BASES)} (DINO's ViTs: {' '.join(VIT_BASES)})")
+    p.add_argument("--methods", nargs="+", default=None, choices=DISCOVERY_METHODS,
+                   help="discovery methods scored (default: lost for CNN bases, lost and tokencut for ViTs)")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=tuple(DATASETS), help=f"default: {' '.join(DATASETS)}")
     p.add_argument("--epochs", type=options.positive_int, default=_default("epochs"),
                    help=f"PUL epochs (default {_default('epochs')}, the paper's)")
@@ -260,10 +285,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_args(args: argparse.Namespace) -> int:
     if args.quick and sorted(args.bases) != sorted(BASES):
-        raise ValueError("--quick always uses the random base; leave out --bases")
+        raise ValueError(f"--quick always uses the random bases ({', '.join(QUICK_BASES)}); leave out --bases")
+    methods = tuple(dict.fromkeys(args.methods)) if args.methods else None
     opts = options.from_args(
         ReproduceOptions, args, bases=tuple(dict.fromkeys(args.bases)), datasets=tuple(dict.fromkeys(args.datasets)),
-        progress=not args.no_progress,
+        progress=not args.no_progress, methods=methods,
     )
     try:
         reproduce(opts)

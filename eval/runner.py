@@ -74,7 +74,7 @@ class Model:
             return {"stride": self.stride, **precision_record(self.device, "fp32", self.tf32), **self.method.config(), **check}
         info, loc = self.localizer.backbone.info, self.localizer
         # ViTs only, so that the runs of CNNs made before ViTs existed still resume
-        vit = {} if loc.backbone.standardize else {"features": info.metadata["features"], "lost_standardize": False}
+        vit = {} if loc.backbone.standardize else {"features": loc.backbone.trunk.features, "lost_standardize": False}
         return {"backbone": info.name, "weights_sha256": info.sha256, "stride": loc.stride, **vit,
                 **precision_record(self.device, loc.precision, loc.tf32), **check}
 

@@ -19,7 +19,7 @@ from discovery.eval.table import PIPELINE_CHECK, PUBLISHED_LOST, Row, table_mark
 from discovery.weights import load_file
 
 QUICK = ["reproduce", "--quick", "--epochs", "1", "--no-progress"]
-NUMBERS = ("base", "dataset", "lost_ours", "pul_ours", "pul_minus_lost", "pul_images", "note")
+NUMBERS = ("base", "dataset", "method", "lost_ours", "pul_ours", "pul_minus_lost", "pul_images", "note")
 
 
 def _rows(path: Path) -> list[dict]:
@@ -38,13 +38,19 @@ def test_quick_writes_both_tables_labelled_with_every_cell_recorded(quick_run):
     md = (quick_run / "table.md").read_text()
     assert "Pipeline check, not a result" in md
     rows = _rows(quick_run / "table.csv")
-    assert [(r["base"], r["dataset"]) for r in rows] == [("random", "voc07"), ("random", "voc12"), ("random", "coco20k")]
+    datasets = ("voc07", "voc12", "coco20k")
+    assert [(r["base"], r["dataset"], r["method"]) for r in rows] == [
+        *(("random", d, "lost") for d in datasets),
+        *(("random-vits16", d, m) for d in datasets for m in ("lost", "tokencut")),
+    ]
     for row in rows:
         assert row["note"] == PIPELINE_CHECK
         assert row["lost_ours"] and row["pul_ours"] and row["pul_minus_lost"]
         assert row["base_sha256"] == "random-seed0" and len(row["pul_sha256"]) == 64 and row["git_revision"]
-        cell = json.loads((quick_run / "cells" / f"random-{row['dataset']}" / "cell.json").read_text())
-        assert cell["lost_pul"]["weights_sha256"] == row["pul_sha256"]
+        cell = json.loads((quick_run / "cells" / f"{row['base']}-{row['dataset']}" / "cell.json").read_text())
+        assert cell[f"{row['method']}_pul"]["weights_sha256"] == row["pul_sha256"]
+        config = json.loads((quick_run / "cells" / f"{row['base']}-{row['dataset']}" / f"{row['method']}-base" / "config.json").read_text())
+        assert config["method"] == row["method"] and config.get("lost_standardize", True) == (row["base"] == "random")
         assert cell["pul"]["metadata"]["epochs"] == 1 and cell["options"]["quick"] is True
         assert cell["git_revision"] == row["git_revision"]
     assert (quick_run / "synth" / "VOCdevkit" / "VOC2007").is_dir()
@@ -77,9 +83,12 @@ def test_python_m_eval_reproduce_is_the_same_command(capsys):
 def test_table_puts_published_numbers_and_deltas_beside_ours():
     row = Row("imagenet", "voc07", lost=33.0, pul=35.25)
     assert row.published == PUBLISHED_LOST[("imagenet", "voc07")] == 33.5
-    md = table_markdown([row, Row("dino", "coco20k")])
-    assert "| imagenet | voc07 | 33.50 | 33.00 | 35.25 | +2.25 | -0.50 |" in md
-    assert "| dino | coco20k | 26.50 | … | … | … | n/a |" in md
+    vit = Row("dino-vits16", "voc12", lost=70.0, method="tokencut")
+    md = table_markdown([row, Row("dino", "coco20k"), vit])
+    assert "| imagenet | voc07 | lost | 33.50 | 33.00 | 35.25 | +2.25 | -0.50 |" in md
+    assert "| dino | coco20k | lost | 26.50 | … | … | … | n/a |" in md
+    assert "| dino-vits16 | voc12 | tokencut | 72.10 | 70.00 | … | … | -2.10 |" in md
+    assert Row("dino", "voc07", method="tokencut").published is None  # nothing published there
 
 
 @pytest.fixture(scope="module")
