@@ -382,6 +382,7 @@ def test_tokencut_method_records_tau_and_refuses_another(bench, capsys, tmp_path
     default = tmp_path / "default"
     assert main([*common, "--out", str(default), "--limit", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["tau"] == 0.2 and json.loads((default / "config.json").read_text())["tau"] == 0.2
-    assert main([*args, "--tau", "2"]) == 2
-    assert "--tau must be a cosine similarity in [-1, 1], got 2.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--tau", "2"])
+    assert exit_info.value.code == 2 and "argument --tau: must be a cosine similarity in [-1, 1], got 2" in capsys.readouterr().err
     assert "tau" not in json.loads((bench["ref"] / "config.json").read_text())  # LOST runs keep their config

@@ -34,6 +34,7 @@ def test_grid_overlays_are_drawn_on_the_padded_canvas_and_cropped():
         box, seed_xy, image_size, stride = (0.0, 0.0, 16.0, 16.0), (8.0, 8.0), (20, 40), 16
         degree = torch.arange(6).reshape(2, 3)
         mask = torch.tensor([[False, False, True], [False, False, False]])
+        eigenvector = None  # LOST's: the seed map is the inverse degree
 
     rgb = np.full((20, 40, 3), 200, np.uint8)  # padded to 32x48 at stride 16
     box, degree, mask = viz.lost_panels(rgb, (32, 48), Loc)
