@@ -20,6 +20,8 @@ from discovery.images import ImageError, decode
 from discovery.weights import REGISTRY, WeightsError
 
 from .choices import CHECKPOINT, backbone_choices, describe, initial_backbone
+from .compare import compare_pair
+from .compare import summary as compare_summary
 from .components import PANELS_CSS, image_input, panel
 from .config import AppConfig
 from .engine import (
@@ -46,6 +48,7 @@ IMAGE_CHECK_SIDE = 64
 
 Panel = np.ndarray | None
 RunOutputs = tuple[Panel, Panel, Panel, Panel, Panel, dict[str, Any], str | None, str]
+CompareOutputs = tuple[Panel, Panel, Panel, Panel, Panel, Panel, dict[str, Any], str]
 
 
 def _one_line(err: BaseException) -> str:
@@ -128,6 +131,29 @@ class Handlers:
             str(path),
             _summary(record),
         )
+
+    def compare(
+        self, image: Any, backbone: str, checkpoint: str, other: str, other_checkpoint: str, stride: int = 16,
+        k: float = 100,
+    ) -> CompareOutputs:
+        """Backbone A (the main selection) and B on ``image``: A's three panels (LOST box, inverse
+        degree, Grad-CAM), B's three, the comparison's JSON and a status line. Never raises (as :meth:`run`)."""
+        try:
+            if image is None:
+                raise ValueError("no image: upload, paste or capture one, or click an example")
+            pair = compare_pair(self.engine, image, backbone_name(backbone, checkpoint),
+                                backbone_name(other, other_checkpoint), int(stride), int(k))
+        except ImageError as err:
+            message = _unreadable(image, err)
+        except USER_ERRORS as err:
+            message = _one_line(err)
+        except Exception as err:  # a bug: keep the traceback in the server log, not on the page
+            log.exception("comparison failed")
+            message = f"internal error ({type(err).__name__}: {_one_line(err)}); see the server log"
+        else:
+            return (*pair.rows[0], *pair.rows[1], pair.record, compare_summary(pair.record))
+        gr.Warning(html.escape(message, quote=False))
+        return None, None, None, None, None, None, {"error": message}, _error_line(message)
 
     def _failure(self, message: str) -> RunOutputs:
         gr.Warning(html.escape(message, quote=False))
@@ -268,6 +294,29 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
         with gr.Row():
             result_json = gr.JSON(label="Result", elem_id="result-json", max_height=360)
             result_file = gr.File(label="Download JSON", interactive=False)
+
+        with gr.Accordion("Compare with another backbone", open=False, elem_id="compare"):
+            gr.Markdown("A is the backbone selected above, B the one chosen here (e.g. a PUL checkpoint of A); "
+                        "same image, stride and k. KL and top-1 need a classifier in both.")
+            with gr.Row():
+                other = gr.Dropdown(choices=handlers.dropdown_choices(), value=handlers.initial, label="Backbone B",
+                                    elem_id="backbone-b")
+                other_checkpoint = gr.Textbox("", label="Checkpoint B (for backbone 'checkpoint')",
+                                              placeholder="pul:weights/pul.safetensors", elem_id="checkpoint-b")
+                compare = gr.Button("Compare", elem_id="compare-run")
+            compare_status = gr.Markdown("", elem_id="compare-status")
+            pair_panels = []
+            for row in ("a", "b"):
+                with gr.Row(elem_id=f"compare-{row}"):
+                    name = row.upper()
+                    pair_panels += [panel(f"{name}: LOST box and seed", f"compare-{row}-box")[1],
+                                    panel(f"{name}: inverse degree", f"compare-{row}-degree")[1],
+                                    panel(f"{name}: Grad-CAM with its box", f"compare-{row}-cam")[1]]
+            compare_json = gr.JSON(label="Comparison", elem_id="compare-json", max_height=360)
+        compare.click(
+            handlers.compare, inputs=[image, backbone, checkpoint, other, other_checkpoint, stride, k],
+            outputs=[*pair_panels, compare_json, compare_status], api_name="compare",
+        )
 
         run.click(
             handlers.run,

@@ -24,6 +24,9 @@ COMMANDS = {
     "explain": "explain what the network looked at (Grad-CAM / EigenCAM)",
     "pul": "refine a backbone on random labels (PUL), plot its training dynamics",
     "cad": "train a class-agnostic detector on discovered boxes (LOST+CAD)",
+    "compare": "backbones side by side (a base and its PUL checkpoints): LOST, Grad-CAM, function change, CorLoc",
+    "photos": "write the small real-photo benchmark with boxes (VOC layout) from installed packages",
+    "study": "PUL settings grid from one base on the real photos: dynamics, function kept, maps moved, CorLoc",
 }
 #: commands whose arguments go to another parser → one line of help
 HARNESS = {
@@ -44,6 +47,12 @@ def command_module(name: str) -> ModuleType:
         from .commands import explain as module
     elif name == "pul":
         from .commands import pul as module
+    elif name == "compare":
+        from .commands import compare as module
+    elif name == "photos":
+        from .commands import photos as module
+    elif name == "study":
+        from .commands import study as module
     else:
         from .commands import cad as module
     return module
