@@ -29,7 +29,7 @@ run gpu_tests 240 "$py" -m pytest -m gpu -v -rs -p no:cacheprovider tests/test_g
 
 # Training throughput on 1,024 VOC-sized images: PUL (batch 64, fp32 and bf16) and LOST+CAD.
 work="$(mktemp -d)"
-run training 200 "$py" -c "from pathlib import Path; from bench.run import make_voc; make_voc(Path('$work'), 1024)"
+run training 200 "$py" -c "from pathlib import Path; from bench.data import make_voc; make_voc(Path('$work'), 1024)"
 for precision in fp32 bf16; do
   run training 200 "$py" -m discovery pul train --backbone random --images "$work/VOCdevkit/VOC2007/JPEGImages" \
     --device cuda --batch-size 64 --epochs 2 --workers 12 --precision "$precision" --no-progress --out "$work/pul-$precision.safetensors"

@@ -1,4 +1,5 @@
-"""``python -m bench``: our evaluation path against the reference's loop, in one run.
+"""``python -m bench``: our evaluation path against the reference's loop, in one run (ResNet LOST,
+then the ViT section of :mod:`bench.vit`: LOST on keys and TokenCut).
 
 Everything is made in the run (synthetic VOC-sized images in the VOC layout, the seeded ``random``
 backbone), nothing is downloaded, and every figure is a ratio against a baseline measured in the
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -18,10 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,42 +31,13 @@ from discovery.localizer import Localizer
 from discovery.lost import localize
 from discovery.precision import fp32_math
 
+from .data import COCO_SIZES, VOC_SIZES, boxes_agree, make_voc, run_eval
 from .pipeline import device_figures
 from .reference import reference_loop
+from .report import report
+from .vit import boxes_equal as vit_boxes_equal
+from .vit import vit_rows, vit_section
 
-# VOC07 trainval's most common sizes (H, W): most images are 500 px on the long side.
-VOC_SIZES = ((375, 500), (500, 375), (333, 500), (375, 500), (500, 333), (375, 500), (366, 500), (500, 375))
-# COCO train2014's most common sizes: most images are 640 px on the long side.
-COCO_SIZES = ((480, 640), (427, 640), (640, 480), (480, 640), (424, 640), (640, 427), (480, 640), (512, 640))
-TARGETS = {"speedup": 1.5, "backbone_efficiency": 0.80, "lost_share": 0.05}
-
-
-def _write_images(folder: Path, seed: int, indices: range, sizes: tuple[tuple[int, int], ...]) -> None:
-    from discovery.eval.synth import make_image, write_voc
-
-    images = [make_image(np.random.default_rng([seed, i]), i, sizes[i % len(sizes)]) for i in indices]
-    write_voc(folder, [f"{i + 1:06d}" for i in indices], images)
-
-
-def make_voc(root: Path, n: int, seed: int = 0, sizes: tuple[tuple[int, int], ...] = VOC_SIZES) -> list[Path]:
-    """``n`` synthetic images of ``sizes`` (in turn) with annotations under ``root/VOCdevkit/VOC2007``.
-
-    Image ``i`` depends on ``(seed, i)`` alone, so large sets are made by several processes.
-    """
-    folder = root / "VOCdevkit" / "VOC2007"
-    per_process = 64
-    chunks = [range(start, min(n, start + per_process)) for start in range(0, n, per_process)]
-    processes = min(len(chunks), os.cpu_count() or 1)
-    if processes > 1:
-        # fork: the children only run numpy and PIL, and no CUDA context exists yet
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-            list(pool.map(_write_images, *zip(*[(folder, seed, c, sizes) for c in chunks])))
-    else:
-        for chunk in chunks:
-            _write_images(folder, seed, chunk, sizes)
-    ids = [f"{i + 1:06d}" for i in range(n)]
-    (folder / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in ids))
-    return [folder / "JPEGImages" / f"{i}.jpg" for i in ids]
 
 
 def gemm_gflops(size: int = 2048, repeats: int = 10) -> dict[str, float]:
@@ -168,26 +137,6 @@ def startup_s(argv: list[str], repeats: int = 3) -> float:
         subprocess.run(argv, capture_output=True, check=False)
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def run_eval(
-    root: Path, out: Path, limit: int, args: argparse.Namespace, precision: str = "fp32", tf32: bool = False
-) -> dict:
-    """``eval run``'s code path on the synthetic VOC07, in this process; the summary plus its boxes."""
-    from discovery.eval.run_options import RunOptions
-    from discovery.eval.runner import run
-
-    summary = run(RunOptions(
-        dataset="voc07", root=root, backbone="random", out=out, limit=limit, batch_size=args.batch_size,
-        workers=args.workers, device=args.device, precision=precision, tf32=tf32, progress=False,
-    ))
-    summary["boxes"] = {r["image_id"]: r["box"] for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
-    return summary
-
-
-def boxes_agree(a: dict, b: dict) -> str:
-    """``"equal/total"``: images where two :func:`run_eval` summaries give the same box."""
-    return f"{sum(a['boxes'][i] == b['boxes'].get(i) for i in a['boxes'])}/{len(a['boxes'])}"
 
 
 def gpu_section(root: Path, coco_root: Path, images: int, coco_images: int, args: argparse.Namespace) -> dict:
@@ -312,77 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         figures["rss_mb_500"] = round(large, 1)
 
         figures["app_latency_s"] = round(app_latency(localizer, paths[0]), 3)
+        figures["vit"] = vit_section(tmp, paths, n, args)
 
         if args.precision != "fp32" and not on_gpu:  # on a GPU: over every image, in gpu_section
             figures["precision_boxes_equal"] = boxes_agree(run_eval(tmp, tmp / "low", n, args, args.precision), ours)
 
-    report(figures)
+    report(figures, vit_rows(figures["vit"]))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     if not figures["boxes_equal"]:
         print(f"FAIL: boxes differ from the baseline on {len(mismatched)} images: {mismatched[:5]}", file=sys.stderr)
         return 1
+    if not vit_boxes_equal(figures["vit"]):
+        print("FAIL: ViT boxes differ from the references' loops", file=sys.stderr)
+        return 1
     return 0
-
-
-def report(f: dict) -> None:
-    def mark(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
-    rss_growth = f["rss_mb_500"] - f["rss_mb_50"]
-    rows = [
-        ("machine", f["machine"], f"{f['threads']} threads"),
-        ("startup: `discovery --help`", f"{f['startup_help_s']:.2f} s",
-         f"{f['startup_help_s'] / max(f['startup_python_s'], 1e-3):.1f}x a bare `python -c pass` ({f['startup_python_s']:.2f} s); "
-         f"target < 1 s: {mark(f['startup_help_s'] < 1.0)}"),
-        ("fp32 GEMM peak (oneDNN | MKL mm)", f"{f['gemm_gflops']:.1f} | {f['gemm_gflops_mm']:.1f} GFLOP/s", ""),
-        ("baseline (reference loop)", f"{f['baseline_images_per_s']:.3f} img/s", ""),
-        ("ours (eval run path)", f"{f['ours_images_per_s']:.3f} img/s", ""),
-        ("speedup", f"{f['speedup']:.2f}x", f"target >= {TARGETS['speedup']}x: {mark(f['speedup'] >= TARGETS['speedup'])}"),
-        ("backbone", f"{f['backbone_gflops']:.1f} GFLOP/s ({f['backbone_gflop_per_image']} GFLOP/img)",
-         f"{100 * f['backbone_efficiency']:.0f}% of GEMM, target >= 80%: {mark(f['backbone_efficiency'] >= TARGETS['backbone_efficiency'])}"),
-        ("LOST post-processing", f"{f['lost_ms']:.1f} ms/img",
-         f"{100 * f['lost_share']:.1f}% of per-image time, target <= 5%: {mark(f['lost_share'] <= TARGETS['lost_share'])}"),
-        (f"peak RSS at {f['rss_images'][0]} / {f['rss_images'][1]} images", f"{f['rss_mb_50']:.0f} / {f['rss_mb_500']:.0f} MB",
-         f"growth {rss_growth:+.0f} MB: {mark(rss_growth <= 0.05 * f['rss_mb_50'])}"),
-        ("app latency (features + LOST + Grad-CAM)", f"{f['app_latency_s']:.3f} s", ""),
-        ("boxes equal to the baseline", f"{f['boxes_equal']} ({f['images'] - len(f['boxes_mismatched'])}/{f['images']})", ""),
-    ]
-    if "precision_boxes_equal" in f:
-        rows.append((f"{f['precision']} boxes equal to fp32", f["precision_boxes_equal"], "target >= 99.5%"))
-    if "gpu" in f:
-        rows = [r for r in rows if not r[0].startswith(("fp32 GEMM", "backbone"))] + gpu_rows(f["gpu"])
-    width = max(len(r[0]) for r in rows)
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value:<34} {note}")
-
-
-def gpu_rows(g: dict) -> list[tuple[str, str, str]]:
-    """The GPU table: each stage's images/s as a share of the fp32 trunk's."""
-    trunk = g["trunk_fp32_img_s"]
-
-    def share(v: float) -> str:
-        return f"{100 * v / trunk:.0f}% of the fp32 trunk" if trunk else ""
-
-    return [
-        ("machine", f"{g['machine']}, {g['date']}, torch {g['torch']}", f"fp32 math: {g['fp32_math']}"),
-        (f"trunk fp32, batch {g['batch']}, {g['size'][0]}x{g['size'][1]}", f"{trunk:.1f} img/s", "the ceiling"),
-        ("trunk bf16 autocast", f"{g['trunk_bf16_img_s']:.1f} img/s", share(g["trunk_bf16_img_s"])),
-        (f"input pipeline alone ({g['workers']} workers)", f"{g['input_img_s']:.1f} img/s", share(g["input_img_s"])),
-        ("LOST alone (batched)", f"{g['lost_img_s']:.1f} img/s", share(g["lost_img_s"])),
-        (f"end to end (eval run, {g['end_to_end_images']} images, batch {g['end_to_end_batch']})", f"{g['end_to_end_img_s']:.1f} img/s",
-         share(g["end_to_end_img_s"]) + ", target >= 1000 img/s"),
-        *_optional_rows(g),
-    ]
-
-
-def _optional_rows(g: dict) -> list[tuple[str, str, str]]:
-    rows = []
-    if "end_to_end_tf32_img_s" in g:
-        rows.append(("end to end with TF32", f"{g['end_to_end_tf32_img_s']:.1f} img/s", f"boxes equal to IEEE fp32: {g['tf32_boxes_equal']}"))
-    if "end_to_end_low_img_s" in g:
-        rows.append(("end to end, low precision", f"{g['end_to_end_low_img_s']:.1f} img/s",
-                     f"boxes equal to fp32: {g['precision_boxes_equal']}, target >= 99.5%"))
-    if "end_to_end_coco_img_s" in g:
-        rows.append((f"end to end, {g['end_to_end_coco_images']} COCO-sized images", f"{g['end_to_end_coco_img_s']:.1f} img/s", ""))
-    return rows

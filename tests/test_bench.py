@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bench.reference import reference_loop
-from bench.run import conv_flops, make_voc
+from bench.data import make_voc
+from bench.run import conv_flops
 from discovery.backbones import load_backbone
 from discovery.localizer import Localizer
 
@@ -46,7 +47,7 @@ def test_make_voc_writes_voc_sized_images(tmp_path):
 def test_device_figures_run_on_cpu(tmp_path, capsys):
     """The GPU table's code path, on the CPU at a small size (the figures are not meaningful here)."""
     from bench.pipeline import device_figures
-    from bench.run import gpu_rows
+    from bench.report import gpu_rows
     from discovery.eval.datasets import open_dataset
 
     make_voc(tmp_path, 3)

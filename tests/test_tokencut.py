@@ -212,6 +212,20 @@ def test_batched_equals_single():
         torch.testing.assert_close(single.eigenvector, res.eigenvector, rtol=0, atol=1e-12)
 
 
+def test_partial_solve_equals_the_full_one():
+    # the CPU computes three eigenpairs (syevr); the full eigh the degenerate rule uses must agree
+    from discovery.tokencut import _eigenspace_vectors, fiedler_vectors, token_graph
+
+    for seed, (h, w), c, _, noise in CASES[:24]:
+        graph = token_graph(structured(seed, h, w, c, noise)[None])
+        inv_sqrt_degree = graph.sum(dim=2).rsqrt()
+        laplacian = torch.eye(h * w, dtype=torch.float64) - graph * inv_sqrt_degree[:, :, None] * inv_sqrt_degree[:, None, :]
+        full = _eigenspace_vectors(laplacian)[0] * inv_sqrt_degree[0]
+        partial = fiedler_vectors(graph)[0]
+        partial = partial * torch.sign(partial @ full)
+        torch.testing.assert_close(partial, full, rtol=0, atol=1e-9 * float(full.abs().max()))
+
+
 def test_tau_changes_the_graph():
     feats = structured(3, 9, 11, 256, 1.0)
     boxes = {localize(feats, image_size=(144, 176), tau=tau).box for tau in (0.1, 0.2, 0.3, 0.5)}
