@@ -60,12 +60,17 @@ def _check_inline_size(data_url: str) -> None:
         raise gr.Error(message, print_exception=False)
 
 
-def panel(title: str, elem_id: str, visible: bool = True) -> tuple[gr.Column, gr.Image]:
+def panel_title(title: str) -> str:
+    """A panel title's Markdown (for :func:`panel`, and for a handler that retitles one)."""
+    return f"**{title}**"
+
+
+def panel(title: str, elem_id: str, visible: bool = True) -> tuple[gr.Column, gr.Markdown, gr.Image]:
     """An output picture under a one-line title (above it, not laid over it), with no buttons over
-    its corners (the result JSON is downloadable below); returns its column and its image."""
+    its corners (the result JSON is downloadable below); returns its column, title and image."""
     with gr.Column(min_width=PANEL_MIN_WIDTH, visible=visible) as column:
-        gr.Markdown(f"**{title}**", elem_classes=["panel-title"])
+        heading = gr.Markdown(panel_title(title), elem_classes=["panel-title"], elem_id=f"{elem_id}-title")
         image = gr.Image(
             show_label=False, interactive=False, buttons=[], container=False, format="png", elem_id=elem_id,
         )
-    return column, image
+    return column, heading, image

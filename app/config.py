@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from discovery.defaults import STRIDES
+from discovery.defaults import DEFAULT_TAU, DISCOVERY_METHODS, STRIDES
 from discovery.localizer import DEFAULT_MAX_SIDE
 from discovery.names import parse_backbone_name
 from discovery.weights import WeightsError
@@ -19,8 +19,11 @@ class AppConfig:
         device: torch device for the backbones (``"cpu"``, ``"cuda"``...).
         weights_dir: folder of registry weights (``None``: the project's ``weights/``).
         download: fetch missing registry weights on first use (default off: no network I/O).
-        backbone: the backbone selected when the page opens (falls back to ``random``, with a
-            visible note, when its weights are missing); stride: the initial stride.
+        backbone: the backbone selected when the page opens (falls back to ``random``, or
+            ``random-vits16``... for a DINO ViT, with a visible note, when its weights are
+            missing); stride: the initial stride.
+        method, tau: the discovery method (``lost`` / ``tokencut``) and TokenCut's τ selected
+            when the page opens; each query carries its own.
         max_side: longest image side (pixels) fed to the network; boxes stay in original pixels.
         max_upload_mb: largest accepted upload, in megabytes.
         cache_size: how many ``(backbone, stride)`` models stay loaded.
@@ -34,6 +37,8 @@ class AppConfig:
     download: bool = False
     backbone: str = "imagenet"
     stride: int = 16
+    method: str = "lost"
+    tau: float = DEFAULT_TAU
     max_side: int | None = DEFAULT_MAX_SIDE
     max_upload_mb: float = 20.0
     cache_size: int = 3
@@ -46,6 +51,8 @@ class AppConfig:
     def __post_init__(self) -> None:
         checks = {
             "stride": self.stride in STRIDES,
+            "method": self.method in DISCOVERY_METHODS,
+            "tau": -1.0 <= self.tau <= 1.0,
             "max_upload_mb": self.max_upload_mb > 0,
             "cache_size": self.cache_size >= 1,
             "concurrency": self.concurrency >= 1,

@@ -1,4 +1,5 @@
-"""The app's engine, free of Gradio: cached backbones, one forward pass for LOST and Grad-CAM, panels.
+"""The app's engine, free of Gradio: cached backbones, one forward pass for discovery (LOST or
+TokenCut) and Grad-CAM, panels.
 
 :class:`Engine` keeps loaded models in a small LRU cache keyed by ``(backbone, stride)`` and turns
 one image into an :class:`Analysis` (four RGB panels, a fifth with a detector's boxes and scores
@@ -25,7 +26,7 @@ from discovery import names as N
 from discovery import weights as W
 from discovery.backbone import Backbone
 from discovery.backbones import load_backbone
-from discovery.defaults import STRIDES
+from discovery.defaults import DEFAULT_TAU, DISCOVERY_METHODS, STRIDES
 from discovery.detector import Detections, Detector
 from discovery.explain import Explainer
 from discovery.images import ImageInput, PreparedImage
@@ -45,19 +46,42 @@ MAX_TOP_K = 100
 def backbone_name(choice: str, checkpoint: str = "") -> str:
     """The :func:`~discovery.backbones.load_backbone` name for a dropdown value and checkpoint text.
 
-    Raises ValueError (one line) when the checkpoint entry is chosen with no path, or for an
-    unknown name.
+    The text takes any name the command line takes (``timm:vit_small_patch16_224``,
+    ``random-vits16``...); other text is a checkpoint path. Raises ValueError (one line) when the
+    checkpoint entry is chosen with no text, or for an unknown dropdown value.
     """
     if choice == CHECKPOINT:
-        path = (checkpoint or "").strip()
-        if not path:
+        text = (checkpoint or "").strip()
+        if not text:
             raise ValueError("backbone 'checkpoint' needs a path: type pul:PATH, a .safetensors/.pt/.pth file, timm:NAME or module:pkg.mod:factory")
-        if path.startswith((N.CHECKPOINT_PREFIX, *N.EXTERNAL_PREFIXES)) or path.endswith(N.CHECKPOINT_SUFFIXES):
-            return path
-        return f"{N.CHECKPOINT_PREFIX}{path}"
-    if choice not in W.REGISTRY:
-        raise ValueError(f"unknown backbone {choice!r}; choose one of {', '.join(W.REGISTRY)} or {CHECKPOINT!r}")
+        return _typed_name(text)
+    try:
+        N.parse_backbone_name(choice)
+    except W.WeightsError as err:
+        raise ValueError(f"{err}, or {CHECKPOINT!r}") from None
     return choice
+
+
+def _typed_name(text: str) -> str:
+    """A name as typed when the grammar knows it (a malformed ``timm:`` / ``module:`` / ``pul:``
+    one included: loading it says what is wrong), else ``pul:TEXT``, a checkpoint path."""
+    try:
+        N.parse_backbone_name(text)
+    except W.WeightsError:
+        if not text.startswith((N.CHECKPOINT_PREFIX, *N.EXTERNAL_PREFIXES)):
+            return f"{N.CHECKPOINT_PREFIX}{text}"
+    return text
+
+
+def parse_tau(value: float | str | None) -> float:
+    """TokenCut's τ from the UI: a number, a cosine similarity in [-1, 1]; raises ValueError (one line)."""
+    try:
+        tau = float(value)  # type: ignore[arg-type]  # None and bad text fail here
+    except (TypeError, ValueError):
+        raise ValueError(f"tau must be a number (a cosine similarity in [-1, 1]), got {value!r}") from None
+    if not -1.0 <= tau <= 1.0:  # also refuses nan
+        raise ValueError(f"tau must be a cosine similarity in [-1, 1], got {value}")
+    return tau
 
 
 def parse_target(text: str | int | None) -> int | str | None:
@@ -77,14 +101,17 @@ class Analysis:
     """One request's result.
 
     Attributes:
-        box_image: ``(H, W, 3)`` uint8, the image with LOST's box (red) and seed (green dot).
-        degree_image: inverse degree heat map (hot = low degree = where the seed comes from).
+        box_image: ``(H, W, 3)`` uint8, the image with the discovery box (red) and seed (green dot).
+        degree_image: the map the seed came from: LOST's inverse degree (hot = low degree), or
+            TokenCut's Fiedler eigenvector (hot = the seed's side of the cut).
         mask_image: the seed's component tinted, the rest dimmed.
         cam_image: the CAM heat map with the CAM box (white).
         detector_image: a detector's boxes with their scores, ``None`` when no detector was given.
-        record: JSON-able dict: boxes ``[x1, y1, x2, y2]`` in original pixels (right/bottom
-            exclusive), seed ``[x, y]`` pixels, CAM target and probability, timings in ms; with a
-            detector, ``detector: {boxes, scores, sha256, path, top_k}`` (boxes best first).
+        record: JSON-able dict: ``method`` (``lost`` / ``tokencut``), ``k`` and ``tau`` (``None``
+            for LOST), and under the method's name the box ``[x1, y1, x2, y2]`` in original pixels
+            (right/bottom exclusive) and seed ``[x, y]`` pixels; CAM target and probability,
+            timings in ms; with a detector, ``detector: {boxes, scores, sha256, path, top_k}``
+            (boxes best first).
     All panels are at the resolution the network saw (``max_side`` bounded), boxes in original pixels.
     """
 
@@ -164,6 +191,11 @@ class Engine:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key], False
+            parsed = N.parse_backbone_name(name)
+            if parsed.kind == "timm" and parsed.path is None and not self.download:
+                # timm would fetch its weights itself: the app does no network I/O unless told
+                raise W.WeightsError(f"backbone {name!r} needs timm's download: start the app with --download, "
+                                     f"or give a local file: timm:{parsed.value}@/path/weights.safetensors")
             backbone = load_backbone(
                 name, device=self.device, stride=stride, weights_dir=self.weights_dir, download=self.download
             )
@@ -200,22 +232,29 @@ class Engine:
         target: int | str | None = None,
         detector: str | Path | None = None,
         top_k: int = DEFAULT_TOP_K,
+        discovery_method: str = "lost",
+        tau: float = DEFAULT_TAU,
     ) -> Analysis:
-        """Localize the object with LOST and explain the prediction with a CAM, from ONE forward pass.
+        """Localize the object (LOST or TokenCut) and explain the prediction with a CAM, from ONE forward pass.
 
         Args:
             image: a path, PIL image, RGB uint8 array... (see :mod:`discovery.images`).
             backbone: a :func:`~discovery.backbones.load_backbone` name (see :func:`backbone_name`).
-            stride: 8, 16 or 32; k: LOST's expansion candidates (≥ 1).
+            stride: 8, 16 or 32 (a ViT's is its patch size); k: LOST's expansion candidates (≥ 1).
             method: ``gradcam`` or ``eigencam``; target: ``None`` (top-1), a class index or name.
             detector: a ``discovery cad train`` checkpoint (blank/``None``: none); its ``top_k``
                 best boxes (1..100) are drawn with their scores on a fifth panel.
+            discovery_method: ``lost`` or ``tokencut``; tau: TokenCut's graph threshold, a cosine
+                similarity in [-1, 1] (checked for either method, as the command line does).
 
         Raises:
             WeightsError, ImageError, ValueError: one-line user errors.
         """
         if method not in CAM_METHODS:
             raise ValueError(f"CAM method must be one of {', '.join(CAM_METHODS)}, got {method!r}")
+        if discovery_method not in DISCOVERY_METHODS:
+            raise ValueError(f"discovery method must be one of {', '.join(DISCOVERY_METHODS)}, got {discovery_method!r}")
+        tau = parse_tau(tau)
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -245,8 +284,8 @@ class Engine:
         lap("forward")
         cam = explainer.explain(embedding, method=method, target=target)
         lap("cam")
-        loc = localizer.localize(embedding, k=k)
-        lap("lost")
+        loc = localizer.localize(embedding, k=k, method=discovery_method, tau=tau)
+        lap(discovery_method)
         found = None
         if found_by is not None:
             found = found_by.detect([prepared.rgb], [loc.image_size], top_k=top_k)[0]
@@ -263,8 +302,10 @@ class Engine:
             "weights_sha256": info.sha256,
             **({"note": RANDOM_NOTE} if info.is_random else {}),
             "stride": loc.stride,
+            "method": loc.method,
             "k": loc.k,
-            "lost": {
+            "tau": loc.tau,
+            loc.method: {
                 "box": _round(loc.box),
                 "seed": _round(loc.seed_xy),
                 "seed_cell": list(loc.seed),

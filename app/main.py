@@ -8,6 +8,7 @@ import sys
 
 from discovery import options
 from discovery.backbone import check_device
+from discovery.defaults import DEFAULT_TAU, DISCOVERY_METHODS
 from discovery.localizer import DEFAULT_MAX_SIDE
 
 from .config import AppConfig
@@ -16,14 +17,17 @@ from .config import AppConfig
 def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
     p = options.Parser(
         prog=prog,
-        description="Gradio app: LOST object discovery and Grad-CAM on ResNet50, side by side.",
+        description="Gradio app: LOST or TokenCut object discovery and Grad-CAM on a ResNet50 or a ViT, side by side.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted, MB (default 20)")
-    # the backbone selected at start falls back to random, with a note, when its weights are missing
+    # the backbone selected at start falls back to its random init, with a note, when its weights are missing
     options.add_model(p, features=False)
+    p.add_argument("--method", default="lost", choices=DISCOVERY_METHODS,
+                   help="discovery method selected when the page opens (default lost; each run can pick another)")
+    options.add_tau(p, DEFAULT_TAU)
     p.add_argument(
         "--download", action="store_true",
         help="fetch missing registry weights when a run needs them (default: never touch the network)",

@@ -15,14 +15,16 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from discovery.defaults import DEFAULT_TAU
 from discovery.examples import EXAMPLES, example_path
 from discovery.images import ImageError, decode
 from discovery.weights import REGISTRY, WeightsError
 
+from .captions import error_line, method_choices, panel_titles, summary
 from .choices import CHECKPOINT, backbone_choices, describe, initial_backbone
 from .compare import compare_pair
 from .compare import summary as compare_summary
-from .components import PANELS_CSS, image_input, panel
+from .components import PANELS_CSS, image_input, panel, panel_title
 from .config import AppConfig
 from .engine import (
     CAM_METHODS,
@@ -32,6 +34,7 @@ from .engine import (
     Engine,
     backbone_name,
     parse_target,
+    parse_tau,
 )
 from .results import ResultFiles
 
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 
 USER_ERRORS = (WeightsError, ValueError)
 
-TITLE = "Object discovery: LOST and Grad-CAM on ResNet50"
+TITLE = "Object discovery: LOST or TokenCut, and Grad-CAM, on a ResNet50 or a ViT"
 
 CSS = "#status {min-height: 2.5em}\n" + PANELS_CSS
 
@@ -66,15 +69,16 @@ class Handlers:
     """The UI's event handlers, over one :class:`Engine` and one :class:`ResultFiles`.
 
     Which weights count as present follows the engine's ``weights_dir`` and ``download``;
-    ``preferred`` is the backbone to select when the page opens (``random`` if its weights are
-    missing; a checkpoint name selects the checkpoint entry with its path filled in).
+    ``preferred`` is the backbone to select when the page opens (its random stand-in if its
+    weights are missing; a name the dropdown lacks selects the checkpoint entry with the name
+    filled in).
     """
 
     def __init__(self, engine: Engine, files: ResultFiles, preferred: str = "imagenet"):
         self.engine = engine
         self.files = files
         self.preferred = preferred
-        if preferred in REGISTRY:
+        if preferred in {value for _, value in self.dropdown_choices()}:
             self.initial, _ = initial_backbone(preferred, engine.weights_dir, engine.download)
             self.initial_checkpoint = ""
         else:
@@ -91,10 +95,13 @@ class Handlers:
         target: str = "",
         detector: str = "",
         top_k: float = DEFAULT_TOP_K,
+        discovery_method: str = "lost",
+        tau: float | str | None = DEFAULT_TAU,
     ) -> RunOutputs:
-        """Analyse ``image``; returns (box, degree, mask, CAM, detector panels, JSON, JSON file
+        """Analyse ``image``; returns (box, seed map, mask, CAM, detector panels, JSON, JSON file
         path, status). ``detector``: a ``discovery cad train`` checkpoint path (blank: none; the
-        detector panel stays empty), ``top_k``: how many of its boxes to draw.
+        detector panel stays empty), ``top_k``: how many of its boxes to draw;
+        ``discovery_method``: ``lost`` or ``tokencut``, ``tau``: TokenCut's threshold.
 
         Never raises: a user error (bad image, missing weights, bad option) comes back as a
         status line, a ``gr.Warning`` toast and ``{"error": ...}`` in the JSON, with no panels.
@@ -111,6 +118,8 @@ class Handlers:
                 target=parse_target(target),
                 detector=detector or None,
                 top_k=int(top_k),
+                discovery_method=discovery_method,
+                tau=parse_tau(tau),
             )
         except ImageError as err:
             return self._failure(_unreadable(image, err))
@@ -129,7 +138,7 @@ class Handlers:
             analysis.detector_image,
             record,
             str(path),
-            _summary(record),
+            summary(record),
         )
 
     def compare(
@@ -153,11 +162,11 @@ class Handlers:
         else:
             return (*pair.rows[0], *pair.rows[1], pair.record, compare_summary(pair.record))
         gr.Warning(html.escape(message, quote=False))
-        return None, None, None, None, None, None, {"error": message}, _error_line(message)
+        return None, None, None, None, None, None, {"error": message}, error_line(message)
 
     def _failure(self, message: str) -> RunOutputs:
         gr.Warning(html.escape(message, quote=False))
-        return None, None, None, None, None, {"error": message}, None, _error_line(message)
+        return None, None, None, None, None, {"error": message}, None, error_line(message)
 
     def check_image(self, image: str | None) -> str:
         """Status line as soon as the input image changes (upload, example, clear): the one-line
@@ -167,13 +176,22 @@ class Handlers:
         try:
             _, (height, width) = decode(image, max_side=IMAGE_CHECK_SIDE)
         except ImageError as err:
-            return _error_line(_unreadable(image, err))
+            return error_line(_unreadable(image, err))
         return f"Image '{html.escape(Path(image).name, quote=False)}', {width} × {height}: press **Run**."
 
     @staticmethod
     def detector_shown(record: dict[str, Any] | None) -> Any:
         """The detector panel is shown only for a result with a detector's boxes."""
         return gr.update(visible=bool(record) and "detector" in record)
+
+    @staticmethod
+    def retitle(record: dict[str, Any] | None) -> tuple[Any, Any]:
+        """The box and seed-map panels are titled by the method of the result they show (an error
+        leaves them as they were)."""
+        if not record or "method" not in record:
+            return gr.update(), gr.update()
+        box, seed_map = panel_titles(record["method"])
+        return gr.update(value=panel_title(box)), gr.update(value=panel_title(seed_map))
 
     def describe(self, backbone: str, checkpoint: str = "") -> str:
         """Status line for a backbone selection: what it is, or the one-line fix for missing weights."""
@@ -201,32 +219,6 @@ class Handlers:
         return [(c.label, c.value) for c in backbone_choices(self.engine.weights_dir, self.engine.download)]
 
 
-def _error_line(message: str) -> str:
-    return f"⚠ **error:** {html.escape(message, quote=False)}"
-
-
-def _summary(record: dict[str, Any]) -> str:
-    lost, cam = record["lost"], record["cam"]
-    box = ", ".join(f"{v:.0f}" for v in lost["box"])
-    target = html.escape(str(cam["target_name"]))
-    if cam["probability"] is not None:
-        target_text = f"**{target}** (class {cam['target']}, p = {cam['probability']:.3f})"
-    elif cam["target"] is not None:
-        target_text = f"**{target}** (class {cam['target']})"
-    else:
-        target_text = f"**{target}**"
-    note = f"⚠ **{record['backbone']}: {record['note']}** · " if "note" in record else ""
-    found = ""
-    if "detector" in record:
-        scores = record["detector"]["scores"]
-        found = f" · detector: {len(scores)} box{'es' if len(scores) != 1 else ''}"
-        found += f" (best score {scores[0]:.2f})" if scores else ""
-    return (
-        f"{note}**Done.** LOST box [{box}] (original pixels) · {cam['method']} target: {target_text}{found} · "
-        f"{record['timings_ms']['total']:.0f} ms"
-    )
-
-
 def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) -> gr.Blocks:
     """The app as a queued ``gr.Blocks`` (not launched; see :func:`launch_options`).
 
@@ -241,8 +233,8 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
         gr.Markdown(
             f"## {TITLE}\n"
             "Upload, paste or capture an image (or click an example), pick a backbone and press **Run**. "
-            "LOST finds the object from layer4 features with no labels; Grad-CAM shows what the "
-            "classifier looked at. Both come from one forward pass."
+            "LOST or TokenCut finds the object from the backbone's features with no labels; Grad-CAM "
+            "shows what the classifier looked at. Both come from one forward pass."
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -268,8 +260,14 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
                     handlers.opening_status(handlers.initial, handlers.initial_checkpoint), elem_id="backbone-status"
                 )
                 with gr.Row():
-                    stride = gr.Radio(list(STRIDES), value=config.stride, label="Stride", info="layer4 output stride")
+                    stride = gr.Radio(list(STRIDES), value=config.stride, label="Stride",
+                                      info="a CNN's output stride (a ViT's is its patch size)")
                     k = gr.Slider(1, 400, value=100, step=1, label="k", info="LOST expansion candidates")
+                with gr.Row():
+                    discovery = gr.Radio(method_choices(), value=config.method, label="Discovery method",
+                                         elem_id="discovery-method")
+                    tau = gr.Number(config.tau, label="TokenCut τ", step=0.05, elem_id="tau",
+                                    info="cosine similarity above which two cells are joined, -1..1")
                 with gr.Row():
                     method = gr.Radio(list(CAM_METHODS), value="gradcam", label="CAM method")
                     target = gr.Textbox(
@@ -286,18 +284,19 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
                 run = gr.Button("Run", variant="primary", elem_id="run")
         status = gr.Markdown("", elem_id="status")
         with gr.Row(elem_id="outputs"):
-            _, box_image = panel("LOST box (red) and seed (green)", "box-image")
-            _, degree_image = panel("Inverse degree (hot: seed candidates)", "degree-image")
-            _, mask_image = panel("Seed's component", "mask-image")
-            _, cam_image = panel("CAM with its box (white)", "cam-image")
-            detector_panel, detector_image = panel("Detector boxes and scores", "detector-image", visible=False)
+            box_text, map_text = panel_titles(config.method)
+            _, box_title, box_image = panel(box_text, "box-image")
+            _, map_title, degree_image = panel(map_text, "degree-image")
+            _, _, mask_image = panel("Seed's component", "mask-image")
+            _, _, cam_image = panel("CAM with its box (white)", "cam-image")
+            detector_panel, _, detector_image = panel("Detector boxes and scores", "detector-image", visible=False)
         with gr.Row():
             result_json = gr.JSON(label="Result", elem_id="result-json", max_height=360)
             result_file = gr.File(label="Download JSON", interactive=False)
 
         with gr.Accordion("Compare with another backbone", open=False, elem_id="compare"):
             gr.Markdown("A is the backbone selected above, B the one chosen here (e.g. a PUL checkpoint of A); "
-                        "same image, stride and k. KL and top-1 need a classifier in both.")
+                        "same image, stride and k, LOST's boxes. KL and top-1 need a classifier in both.")
             with gr.Row():
                 other = gr.Dropdown(choices=handlers.dropdown_choices(), value=handlers.initial, label="Backbone B",
                                     elem_id="backbone-b")
@@ -309,21 +308,24 @@ def build_demo(config: AppConfig = AppConfig(), engine: Engine | None = None) ->
             for row in ("a", "b"):
                 with gr.Row(elem_id=f"compare-{row}"):
                     name = row.upper()
-                    pair_panels += [panel(f"{name}: LOST box and seed", f"compare-{row}-box")[1],
-                                    panel(f"{name}: inverse degree", f"compare-{row}-degree")[1],
-                                    panel(f"{name}: Grad-CAM with its box", f"compare-{row}-cam")[1]]
+                    pair_panels += [panel(f"{name}: LOST box and seed", f"compare-{row}-box")[2],
+                                    panel(f"{name}: inverse degree", f"compare-{row}-degree")[2],
+                                    panel(f"{name}: Grad-CAM with its box", f"compare-{row}-cam")[2]]
             compare_json = gr.JSON(label="Comparison", elem_id="compare-json", max_height=360)
         compare.click(
             handlers.compare, inputs=[image, backbone, checkpoint, other, other_checkpoint, stride, k],
             outputs=[*pair_panels, compare_json, compare_status], api_name="compare",
         )
 
-        run.click(
+        ran = run.click(
             handlers.run,
-            inputs=[image, backbone, checkpoint, stride, k, method, target, detector, top_k],
+            inputs=[image, backbone, checkpoint, stride, k, method, target, detector, top_k, discovery, tau],
             outputs=[box_image, degree_image, mask_image, cam_image, detector_image, result_json, result_file, status],
             api_name="run",
-        ).then(handlers.detector_shown, result_json, detector_panel, queue=False, api_visibility="private")
+        )
+        ran.then(handlers.detector_shown, result_json, detector_panel, queue=False, api_visibility="private")
+        ran.then(handlers.retitle, result_json, [box_title, map_title], queue=False, show_progress="hidden",
+                 api_visibility="private")
         image.change(handlers.check_image, image, status, queue=False, api_visibility="private")
         backbone.change(handlers.describe, [backbone, checkpoint], backbone_status, api_name="describe", queue=False)
         checkpoint.submit(

@@ -21,6 +21,7 @@ from discovery.app.components import image_input
 from discovery.app.config import AppConfig
 from discovery.app.engine import Engine, backbone_name, parse_target
 from discovery.app.main import main
+from discovery.names import RANDOM_VITS
 from discovery.app.results import ResultFiles
 from discovery.app.ui import Handlers, build_demo, launch_options
 from discovery.explain import EMBEDDING_TARGET, Explainer
@@ -56,7 +57,7 @@ def _inside(box, width, height):
 
 def test_missing_weights_are_marked_with_their_fix(weights_dir):
     choices = {c.value: c for c in backbone_choices(weights_dir)}
-    assert list(choices) == [*W.REGISTRY, CHECKPOINT]
+    assert list(choices) == [*W.REGISTRY, *RANDOM_VITS, CHECKPOINT]
     for name in ("imagenet", "imagenet-v2", "dino"):
         assert choices[name].label == f"{name} (missing)"
         assert W.REGISTRY[name].filename in choices[name].problem
@@ -107,7 +108,7 @@ def test_backbone_name_and_target_parsing():
     assert backbone_name(CHECKPOINT, "x.bin") == "pul:x.bin"
     with pytest.raises(ValueError, match="needs a path"):
         backbone_name(CHECKPOINT, "  ")
-    with pytest.raises(ValueError, match="unknown backbone"):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet18'"):
         backbone_name("resnet18")
     assert parse_target("") is None and parse_target(None) is None
     assert parse_target(" 281 ") == 281
