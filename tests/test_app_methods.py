@@ -191,6 +191,10 @@ def test_tokencut_over_the_api(client, image_file):
     *panels, record, download, status = run("tokencut", 5)
     assert record == {"error": "tau must be a cosine similarity in [-1, 1], got 5"}
     assert panels == [None] * 5 and download is None and status.startswith("⚠ **error:**")
+    # by keyword, as docs/app.md scripts it: every other input keeps its default
+    *_, record, _, _ = client.predict(handle_file(str(image_file)), backbone="random", discovery_method="tokencut", tau=0.3,
+                                      api_name="/run")
+    assert record["method"] == "tokencut" and record["tau"] == 0.3
 
 
 def test_browser_tokencut_retitles_the_panels(browser, server):
