@@ -52,6 +52,24 @@ def reference_lost(feats: torch.Tensor, dims: tuple[int, int], scales: tuple[flo
     return [float(v) for v in box], -cent, int(seed)
 
 
+def order_defined(feats: torch.Tensor, dims: tuple[int, int], k_patches: int = 100) -> bool:
+    """Whether :func:`reference_lost`'s box on ``feats`` ``(1, N, d)`` cannot depend on how its
+    sort orders equal degrees: one seed, and either no tie at the k-th candidate or no tied
+    candidate that the seed's row would add to the expansion."""
+    _, degree, seed = reference_lost(feats, dims, (1.0, 1.0), dims, k_patches)
+    degree = degree.numpy()
+    order = np.sort(degree)
+    if order[0] == order[1]:
+        return False
+    if k_patches >= len(degree):
+        return True
+    boundary = order[k_patches - 1]
+    tied = np.flatnonzero(degree == boundary)
+    taken = k_patches - int((degree < boundary).sum())
+    similarity = (feats @ feats.transpose(1, 2))[0]
+    return taken == len(tied) or not bool((similarity[seed, torch.from_numpy(tied)] > 0).any())
+
+
 def layernorm_features(x: torch.Tensor) -> torch.Tensor:
     """``(1, d, h, w)`` backbone output → ``(1, N, d)`` through a fresh ``LayerNorm((N, d))``."""
     d = x.shape[1]
@@ -59,24 +77,31 @@ def layernorm_features(x: torch.Tensor) -> torch.Tensor:
     return nn.LayerNorm(feats.size()[1:]).to(x.device)(feats)
 
 
+def load_padded(path: Path, mean, std, patch_size: int) -> tuple[torch.Tensor, torch.Size]:
+    """The reference's image: ``ToTensor``, ``Normalize``, zeros bottom/right to a multiple of
+    ``patch_size``; ``(padded (3, H', W'), the unpadded shape)``."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    with open(path, "rb") as fh:
+        img = transform(Image.open(fh).convert("RGB"))
+    init_image_size = img.shape
+    size_im = (
+        img.shape[0],
+        int(np.ceil(img.shape[1] / patch_size) * patch_size),
+        int(np.ceil(img.shape[2] / patch_size) * patch_size),
+    )
+    padded = torch.zeros(size_im)
+    padded[:, : img.shape[1], : img.shape[2]] = img
+    return padded, init_image_size
+
+
 def reference_loop(paths: Sequence[Path], trunk: nn.Module, mean, std, k: int = 100,
                    device: str = "cpu", patch_size: int = 16) -> list[list[float]]:
     """Box per image, one image at a time, exactly as the reference's evaluation loop runs."""
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     trunk = trunk.to(device).eval()
     boxes = []
     for path in paths:
-        with open(path, "rb") as fh:
-            img = transform(Image.open(fh).convert("RGB"))
-        init_image_size = img.shape
-        size_im = (
-            img.shape[0],
-            int(np.ceil(img.shape[1] / patch_size) * patch_size),
-            int(np.ceil(img.shape[2] / patch_size) * patch_size),
-        )
-        padded = torch.zeros(size_im)
-        padded[:, : img.shape[1], : img.shape[2]] = img
-        img = padded.to(device)
+        img, init_image_size = load_padded(path, mean, std, patch_size)
+        img = img.to(device)
         with torch.no_grad():
             x = trunk(img[None, :, :, :])
             feats = layernorm_features(x)

@@ -71,3 +71,21 @@ def reference_detect_box(bipartition: np.ndarray, seed: int, dims: tuple[int, in
         pred[2] = min(pred[2], initial_im_size[1])
         pred[3] = min(pred[3], initial_im_size[0])
     return pred, mask
+
+
+#: closer than this (eigenvalue gap; |v| or distance to the mean relative to max |v|), the
+#: reference's answer is decided by its solver's rounding, not by the features
+UNDEFINED = 1e-7
+
+
+def ncut_defined(feats: torch.Tensor, dims: tuple[int, int], tau: float = 0.2) -> bool:
+    """Whether :func:`reference_ncut`'s answer on ``feats`` ``(1, 1 + N, d)`` is decided by the
+    features: no similarity at τ (float32 rounding), a clear eigengap, seed and mean split."""
+    tokens = F.normalize(feats[0, 1:].double(), dim=1)
+    if ((tokens @ tokens.T) - tau).abs().min() < 1e-6:
+        return False
+    _, _, _, vector, eigenvalues = reference_ncut(feats, dims, (1.0, 1.0), (3, *dims), tau)
+    magnitude = np.sort(np.abs(vector).ravel())
+    peak = magnitude[-1]
+    return bool(eigenvalues[1] - eigenvalues[0] > UNDEFINED and magnitude[-1] - magnitude[-2] > UNDEFINED * peak
+                and np.abs(vector - vector.mean()).min() > UNDEFINED * peak)

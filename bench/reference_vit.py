@@ -26,14 +26,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
-from torchvision import transforms
 
-from .reference import reference_lost
-from .reference_tokencut import reference_ncut
+from .reference import load_padded, order_defined, reference_lost
+from .reference_tokencut import ncut_defined, reference_ncut
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -104,23 +101,6 @@ def get_last_selfattention(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise ValueError("a network without blocks")
 
 
-def load_padded(path: Path, patch_size: int) -> tuple[torch.Tensor, torch.Size]:
-    """The references' image: ``ToTensor``, ImageNet ``Normalize``, zeros to a multiple of the patch;
-    ``(padded (3, H', W'), the unpadded shape)``."""
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    with open(path, "rb") as fh:
-        img = transform(Image.open(fh).convert("RGB"))
-    init_image_size = img.shape
-    size_im = (
-        img.shape[0],
-        int(np.ceil(img.shape[1] / patch_size) * patch_size),
-        int(np.ceil(img.shape[2] / patch_size) * patch_size),
-    )
-    padded = torch.zeros(size_im)
-    padded[:, : img.shape[1], : img.shape[2]] = img
-    return padded, init_image_size
-
-
 def hooked_keys(net: nn.Module, img: torch.Tensor, feat_out: dict) -> torch.Tensor:
     """The forward pass and the references' split of the hooked ``qkv``: ``(1, 1 + N, C)`` keys."""
     attentions = get_last_selfattention(net, img[None, :, :, :])
@@ -148,7 +128,7 @@ def reference_vit_loop(paths: Sequence[Path], net: nn.Module, method: str, k_pat
     boxes, post_s = [], 0.0
     try:
         for path in paths:
-            img, init_image_size = load_padded(path, patch_size)
+            img, init_image_size = load_padded(path, IMAGENET_MEAN, IMAGENET_STD, patch_size)
             img = img.to(device)
             w_featmap, h_featmap = img.shape[-2] // patch_size, img.shape[-1] // patch_size
             scales = [patch_size, patch_size]
@@ -165,3 +145,19 @@ def reference_vit_loop(paths: Sequence[Path], net: nn.Module, method: str, k_pat
     finally:
         handle.remove()
     return boxes, post_s
+
+
+def reference_defined(path: Path, net: nn.Module, method: str, k_patches: int = 100, tau: float = 0.2) -> bool:
+    """Whether the reference's box on ``path`` is defined by the features (no tie its sort or its
+    solver would break: :func:`~bench.reference.order_defined`, :func:`~bench.reference_tokencut.ncut_defined`)."""
+    patch_size = int(net.patch_embed.patch_size[0])
+    feat_out: dict = {}
+    handle = net.blocks[-1].attn.qkv.register_forward_hook(lambda module, args, output: feat_out.__setitem__("qkv", output))
+    try:
+        img, _ = load_padded(path, IMAGENET_MEAN, IMAGENET_STD, patch_size)
+        with torch.no_grad():
+            k = hooked_keys(net.eval(), img.to(next(net.parameters()).device), feat_out).cpu()
+    finally:
+        handle.remove()
+    dims = (img.shape[1] // patch_size, img.shape[2] // patch_size)
+    return order_defined(k[:, 1:], dims, k_patches) if method == "lost" else ncut_defined(k, dims, tau)

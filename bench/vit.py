@@ -2,7 +2,9 @@
 against the references' loops (:mod:`bench.reference_vit`), on a seeded random ViT-S/16 and the
 same synthetic VOC-sized images, in one run.
 
-Every box must equal the reference's. Besides each method's images/s and the ratio, it reports the
+Every box must equal the reference's wherever the reference defines it (a box that differs only
+where the reference's own order is a tie, :func:`bench.reference_vit.reference_defined`, is counted
+and shown, not failed). Besides each method's images/s and the ratio, it reports the
 trunk's share of our per-image time (on a CPU the trunk is the floor: what is left to speed up is
 the rest) and TokenCut's eigen-solve share (target ≤ 20 %).
 """
@@ -22,7 +24,7 @@ from discovery.precision import fp32_math
 from discovery.tokencut import fiedler_vectors, token_graph
 
 from .data import VOC_SIZES, run_eval
-from .reference_vit import reference_vit_loop
+from .reference_vit import reference_defined, reference_vit_loop
 from .report import mark
 
 BACKBONE = "random-vits16"
@@ -68,13 +70,16 @@ def vit_section(root: Path, paths: list[Path], n: int, args: argparse.Namespace)
             reference_s = time.perf_counter() - start
         run_eval(root, root / f"vit-{method}-warm", warm, args, backbone=BACKBONE, method=method)
         ours = run_eval(root, root / f"vit-{method}", n, args, backbone=BACKBONE, method=method)
-        mismatched = [i for i, box in zip(ids, reference_boxes) if [round(v, 2) for v in box] != ours["boxes"][i]]
+        mismatched = [(p, i) for p, i, box in zip(paths, ids, reference_boxes) if [round(v, 2) for v in box] != ours["boxes"][i]]
+        # where the reference's own answer is a tie its sort or solver breaks, a different box is not an error
+        undefined = [i for p, i in mismatched if not reference_defined(p, net, method)]
         figures[method] = {
             "reference_img_s": round(n / reference_s, 3),
             "reference_post_share": round(post_s / reference_s, 4),
             "ours_img_s": ours["images_per_s"],
             "speedup": round(ours["images_per_s"] * reference_s / n, 3),
-            "boxes_mismatched": mismatched,
+            "boxes_mismatched": [i for _, i in mismatched if i not in undefined],
+            "boxes_differing_at_ties": undefined,
         }
     trunk_s, solve_s = stage_seconds(localizer, paths[:warm], repeats=2 if args.quick else 3)
     figures["trunk_ms"] = round(1000 * trunk_s, 1)
@@ -96,14 +101,16 @@ def vit_rows(v: dict) -> list[tuple[str, str, str]]:
     for method in METHODS:
         f = v[method]
         name = "LOST on keys" if method == "lost" else "TokenCut"
-        equal = v["images"] - len(f["boxes_mismatched"])
+        equal = v["images"] - len(f["boxes_mismatched"]) - len(f["boxes_differing_at_ties"])
+        ties = f["boxes_differing_at_ties"]
+        tie_note = f" (the other {len(ties)}: the reference's order is a tie there)" if ties else ""
         rows += [
             (f"ViT {name}: reference loop", f"{f['reference_img_s']:.3f} img/s",
              f"{100 * f['reference_post_share']:.0f}% of its time after the forward pass"),
             (f"ViT {name}: ours (eval run path)", f"{f['ours_img_s']:.3f} img/s",
              f"trunk alone {100 * f['trunk_share']:.0f}% of our per-image time"),
             (f"ViT {name}: speedup", f"{f['speedup']:.2f}x",
-             f"target >= {TARGETS['speedup']}x: {mark(f['speedup'] >= TARGETS['speedup'])}; boxes equal {equal}/{v['images']}"),
+             f"target >= {TARGETS['speedup']}x: {mark(f['speedup'] >= TARGETS['speedup'])}; boxes equal {equal}/{v['images']}{tie_note}"),
         ]
     rows.append(("ViT TokenCut eigen-solve", f"{v['eigen_ms']:.1f} ms/img",
                  f"{100 * v['eigen_share']:.1f}% of per-image time, target <= 20%: {mark(v['eigen_share'] <= TARGETS['eigen_share'])}"))
