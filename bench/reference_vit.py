@@ -16,11 +16,13 @@ a forward hook on the last block's ``attn.qkv``, the ``reshape(B, N, 3, heads, -
 What they leave out: ``.cuda()`` (device is a parameter), and the references' registration of a
 new hook on every image (each writes the same output; one hook is registered per loop). The
 network's weights are read from a timm ``VisionTransformer`` with DINO's layout (the key names
-are DINO's); no code is shared with ``discovery``.
+are DINO's), on a copy whose linear layers are torch's ``nn.Linear`` (:func:`reference_network`);
+no code is shared with ``discovery``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -33,6 +35,19 @@ from .reference import load_padded, order_defined, reference_lost
 from .reference_tokencut import ncut_defined, reference_ncut
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def reference_network(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` in eval mode whose linear layers are torch's own ``nn.Linear`` (DINO's
+    arithmetic: ``F.linear``), whatever subclass a caller's network uses."""
+    net = copy.deepcopy(net).eval()
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and type(child) is not nn.Linear:
+                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                plain.weight, plain.bias = child.weight, child.bias
+                setattr(parent, name, plain)
+    return net
 
 
 def interpolate_pos_encoding(net: nn.Module, x: torch.Tensor, w: int, h: int) -> torch.Tensor:
@@ -117,7 +132,7 @@ def reference_vit_loop(paths: Sequence[Path], net: nn.Module, method: str, k_pat
     (``lost`` or ``ncut``), so the post-processing's share of the loop can be reported."""
     if method not in ("lost", "tokencut"):
         raise ValueError(f"method must be 'lost' or 'tokencut', got {method!r}")
-    net = net.to(device).eval()
+    net = reference_network(net).to(device)
     patch_size = int(net.patch_embed.patch_size[0])
     feat_out: dict = {}
 
@@ -150,13 +165,14 @@ def reference_vit_loop(paths: Sequence[Path], net: nn.Module, method: str, k_pat
 def reference_defined(path: Path, net: nn.Module, method: str, k_patches: int = 100, tau: float = 0.2) -> bool:
     """Whether the reference's box on ``path`` is defined by the features (no tie its sort or its
     solver would break: :func:`~bench.reference.order_defined`, :func:`~bench.reference_tokencut.ncut_defined`)."""
+    net = reference_network(net)
     patch_size = int(net.patch_embed.patch_size[0])
     feat_out: dict = {}
     handle = net.blocks[-1].attn.qkv.register_forward_hook(lambda module, args, output: feat_out.__setitem__("qkv", output))
     try:
         img, _ = load_padded(path, IMAGENET_MEAN, IMAGENET_STD, patch_size)
         with torch.no_grad():
-            k = hooked_keys(net.eval(), img.to(next(net.parameters()).device), feat_out).cpu()
+            k = hooked_keys(net, img.to(next(net.parameters()).device), feat_out).cpu()
     finally:
         handle.remove()
     dims = (img.shape[1] // patch_size, img.shape[2] // patch_size)

@@ -12,7 +12,6 @@ the rest) and TokenCut's eigen-solve share (target ≤ 20 %).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def stage_seconds(localizer: Localizer, paths: list[Path], repeats: int) -> tupl
 def vit_section(root: Path, paths: list[Path], n: int, args: argparse.Namespace) -> dict:
     """The figures of the ViT section over the first ``n`` of ``paths`` (made under ``root``)."""
     localizer = Localizer(BACKBONE, device=args.device, max_side=None)
-    net = copy.deepcopy(localizer.backbone.trunk.net)
+    net = localizer.backbone.trunk.net  # the reference loops run it on a copy with torch's nn.Linear
     warm = len(VOC_SIZES)
     ids = [p.stem for p in paths[:n]]
     figures: dict = {"backbone": BACKBONE, "images": n}

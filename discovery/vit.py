@@ -72,6 +72,33 @@ def dino_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
     return torch.cat([pos_embed[:, :1], patch.permute(0, 2, 3, 1).reshape(1, h * w, dim)], dim=1)
 
 
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same keys) whose CPU float32 inference product runs as a
+    1×1 channels-last convolution: oneDNN's kernels, ≈ 2× MKL's ``sgemm`` on the ViT's shapes on the
+    AMD EPYC dev machine (docs/performance.md). With gradients, on a GPU or under autocast it is
+    ``F.linear``; the two agree to float32 rounding (the bench checks the boxes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return F.linear(x, self.weight, self.bias)
+        lead = x.shape[:-1]
+        image = x.reshape(1, 1, -1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, in, 1, tokens), channels-last
+        out = F.conv2d(image, self.weight[:, :, None, None], self.bias)
+        return out.permute(0, 2, 3, 1).reshape(*lead, -1)
+
+
+def use_onednn_linears(blocks: nn.Module) -> None:
+    """Swap every ``nn.Linear`` under ``blocks`` for a :class:`OneDNNLinear` sharing its parameters."""
+    for parent in list(blocks.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                fast = OneDNNLinear(child.in_features, child.out_features, bias=child.bias is not None,
+                                    device="meta")
+                fast.weight = child.weight
+                fast.bias = child.bias
+                setattr(parent, name, fast)
+
+
 class ViTTrunk(PooledTrunk):
     """A timm ``VisionTransformer`` as a trunk: ``(B, 3, H, W)`` (H, W multiples of the patch) →
     ``(B, C, H/p, W/p)`` map of :attr:`features` from its last block.
@@ -91,6 +118,7 @@ class ViTTrunk(PooledTrunk):
             raise ValueError(f"pos_embed must be 'dino' or 'timm', got {pos_embed!r}")
         if pos_embed == "dino" and (net.cls_token is None or net.reg_token is not None or net.no_embed_class):
             raise ValueError("DINO's position embeddings need a CLS token, no registers and embeddings that include it")
+        use_onednn_linears(net.blocks)
         self.net = net
         self.features = features
         self.pos_embed = pos_embed

@@ -277,3 +277,26 @@ def test_pul_on_a_random_vit_and_its_evidence(tmp_path):
     assert rows[0].startswith("checkpoint,median_norm") and len(rows) == 4
     stages = {line.split(",")[1] for line in (tmp_path / "ev" / "activations.csv").read_text().splitlines()[1:]}
     assert stages == {f"block{i}" for i in range(1, 13)}
+
+
+def test_onednn_linears_keep_the_parameters_and_the_numbers():
+    from discovery.vit import OneDNNLinear
+
+    net = _small_vit()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    trunk = ViTTrunk(net)
+    assert all(type(m) is not torch.nn.Linear for m in net.blocks.modules())
+    assert {k: v for k, v in net.state_dict().items()}.keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    linear = net.blocks[0].mlp.fc1
+    assert isinstance(linear, OneDNNLinear)
+    x = torch.randn(2, 7, linear.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x), torch.nn.functional.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+    assert torch.equal(linear(x), torch.nn.functional.linear(x, linear.weight, linear.bias))  # with gradients: F.linear itself
+    image = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fast = trunk(image)
+    with torch.enable_grad():
+        exact = trunk(image).detach()
+    torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
