@@ -300,3 +300,31 @@ def test_onednn_linears_keep_the_parameters_and_the_numbers():
     with torch.enable_grad():
         exact = trunk(image).detach()
     torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
+
+
+def test_a_timm_vit_with_registers_drops_them_from_features_and_token_norms(tmp_path):
+    from discovery.images import prepare
+    from discovery.pul.evidence import load_checkpoint, token_norms
+
+    torch.manual_seed(3)
+    net = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True).eval()
+    path = tmp_path / "reg4.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    checkpoint = load_checkpoint(f"timm:vit_small_patch14_reg4_dinov2@{path}")
+    trunk = checkpoint.backbone.trunk
+    assert trunk.prefix == 5 and checkpoint.backbone.stride == 14  # CLS + 4 registers
+    x = torch.randn(1, 3, 70, 98, generator=torch.Generator().manual_seed(4))
+    seen = {}
+    handle = net.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: seen.setdefault("qkv", o))
+    with torch.no_grad():
+        try:
+            net.forward_features(x)  # timm's own forward, its own position embeddings
+        finally:
+            handle.remove()
+        ours = trunk(x)
+    keys = seen["qkv"].reshape(1, 5 + 35, 3, 6, 64)[:, :, 1].reshape(1, 40, 384)[:, 5:]
+    assert ours.shape == (1, 384, 5, 7)
+    torch.testing.assert_close(ours.flatten(2).transpose(1, 2), keys, rtol=1e-4, atol=1e-4)
+    image = prepare(np.full((70, 98, 3), 120, np.uint8), checkpoint.backbone.mean, checkpoint.backbone.std, 14, None)
+    norms = token_norms(checkpoint, [image])
+    assert len(norms.norms) == 35 and norms.median > 0  # the patch tokens only
