@@ -18,7 +18,7 @@ from . import __version__, options
 
 #: the library's commands → one line of help
 COMMANDS = {
-    "locate": "find the object in images with LOST",
+    "locate": "find the object in images with LOST (or TokenCut: --method tokencut)",
     "demo": "localize a bundled example photo and save the overlay",
     "weights": "list, fetch, verify and locate weights files",
     "explain": "explain what the network looked at (Grad-CAM / EigenCAM)",
@@ -32,7 +32,7 @@ COMMANDS = {
 HARNESS = {
     "eval": "CorLoc on VOC07 / VOC12 / COCO20k: run, score, synth, fetch (`discovery eval --help`)",
     "app": "start the Gradio app on 127.0.0.1:7860 (`discovery app --help`)",
-    "reproduce": "the seed paper's Table 5: LOST CorLoc of imagenet / dino before and after PUL (`discovery reproduce --help`)",
+    "reproduce": "the seed paper's Table 5: CorLoc before and after PUL, LOST on imagenet / dino, LOST and TokenCut on DINO's ViTs (`discovery reproduce --help`)",
 }
 
 

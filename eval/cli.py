@@ -90,7 +90,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     options.add_progress(p)
     p.set_defaults(run=_fetch_datasets)
 
-    p = sub.add_parser("reproduce", help="the seed paper's Table 5: LOST CorLoc of imagenet / dino before and after PUL (resumable)")
+    p = sub.add_parser("reproduce", help="the seed paper's Table 5 (LOST on imagenet / dino) and the ViT rows (LOST and TokenCut on DINO ViTs), before and after PUL (resumable)")
     add_reproduce_arguments(p)
     p.set_defaults(run=run_reproduce)
 

@@ -67,3 +67,21 @@ def test_bench_refuses_a_device_this_machine_lacks(capsys):
         pytest.skip("this machine has CUDA")
     assert main(["--quick", "--device", "cuda"]) == 2
     assert capsys.readouterr().err.startswith("error: --device cuda: CUDA is not available")
+
+
+def test_vit_section_runs_and_its_boxes_agree(tmp_path):
+    """The ViT section's code path on a few images (its timings mean nothing here)."""
+    import argparse
+
+    from bench.vit import boxes_equal, vit_rows, vit_section
+
+    paths = make_voc(tmp_path, 8)
+    args = argparse.Namespace(batch_size=None, workers=0, device="cpu", quick=True)
+    figures = vit_section(tmp_path, paths, 2, args)
+    assert boxes_equal(figures) and figures["images"] == 2
+    for method in ("lost", "tokencut"):
+        assert figures[method]["speedup"] > 0 and 0 < figures[method]["trunk_share"]
+    assert 0 < figures["eigen_share"] < 1
+    rows = vit_rows(figures)
+    assert any(name == "ViT TokenCut: speedup" for name, _, _ in rows)
+    assert any(value == "not measured" for _, value, _ in rows)  # no GPU here
