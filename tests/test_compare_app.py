@@ -98,8 +98,11 @@ def test_browser_compare_shows_both_rows(server, chelsea):
             page.locator("#backbone-b input").fill("checkpoint")
             page.keyboard.press("Enter")
             page.click("#compare-run")
-            page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Compared')",
+            # the comparison ends with a result or an error line (⚠) in the status
+            page.wait_for_function("['Compared', '⚠'].some(s => document.querySelector('#compare-status').innerText.includes(s))",
                                    timeout=120_000)
+            status = page.inner_text("#compare-status")
+            assert "Compared" in status, status
             for row in ("a", "b"):
                 for what in ("box", "degree", "cam"):
                     assert page.locator(f"#compare-{row}-{what} img").count() == 1, (row, what)
