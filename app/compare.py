@@ -56,6 +56,7 @@ def compare_pair(engine: Engine, image: ImageInput, first: str, second: str, str
         models.append({
             "backbone": info.name, "weights_sha256": info.sha256, **({"note": RANDOM_NOTE} if info.is_random else {}),
             "lost_box": [round(float(x), 2) for x in v.lost.box], "seed": [round(float(x), 2) for x in v.lost.seed_xy],
+            "tokencut_box": [round(float(x), 2) for x in v.tokencut.box],
             "gradcam": {**v.cam.to_json(), "threshold": v.cam.threshold},
         })
     a, b = views

@@ -1,6 +1,6 @@
 """Backbones side by side (typically a base and its PUL checkpoints) on the same images.
 
-Per image and model: LOST's box, seed and degree map, the Grad-CAM map and box (of the model's
+Per image and model: LOST's box, seed and degree map, TokenCut's box (τ = 0.2), the Grad-CAM map and box (of the model's
 own top-1 class; a headless model explains its embedding norm), all from one forward pass. Per
 model, against the first one (the reference):
 
@@ -11,7 +11,7 @@ model, against the first one (the reference):
 - **activation outliers** per stage: :func:`discovery.pul.evidence.stage_stats` (top-4 ``|a|``,
   max over median); a CNN that is not a ResNet50 is measured at the last part of each output
   reduction 2, 4, 8, 16, 32, under ResNet's stage names ``conv1``, ``layer1`` .. ``layer4``;
-- **CorLoc** of every method (``lost``, ``gradcam``) when the images come with boxes
+- **CorLoc** of every method (``lost``, ``tokencut``, ``gradcam``) when the images come with boxes
   (:func:`discovery.eval.metrics.corloc`).
 
 :mod:`discovery.eval.compare_report` writes the report folder; ``discovery compare`` is the command.
@@ -41,16 +41,17 @@ from discovery.pul.model import distill_kl
 from .datasets import Item, open_dataset
 from .metrics import CorLoc, corloc
 
-METHODS = ("lost", "gradcam")
+METHODS = ("lost", "tokencut", "gradcam")
 #: output reductions whose last trunk part stands for ``conv1``, ``layer1`` .. ``layer4`` (a ResNet50's)
 STAGE_REDUCTIONS = (2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
 class View:
-    """One model on one image: LOST, Grad-CAM and the logits ``(K,)`` (``None``: headless)."""
+    """One model on one image: LOST, TokenCut, Grad-CAM and the logits ``(K,)`` (``None``: headless)."""
 
     lost: Localization
+    tokencut: Localization
     cam: CamResult
     logits: torch.Tensor | None
 
@@ -136,11 +137,12 @@ def _logits(backbone: Backbone, image: PreparedImage, features: torch.Tensor) ->
 
 
 def view(explainer: Explainer, image: str | Path | np.ndarray | PreparedImage, k: int = 100) -> View:
-    """LOST, Grad-CAM and the logits of one image from one forward pass."""
+    """LOST, TokenCut, Grad-CAM and the logits of one image from one forward pass."""
     localizer = explainer.localizer
     embedding = localizer.embed(image)
     cam = explainer.explain(embedding, method="gradcam")
-    return View(localizer.localize(embedding, k=k), cam, _logits(explainer.backbone, embedding.image, embedding.features))
+    return View(localizer.localize(embedding, k=k), localizer.localize(embedding, method="tokencut"), cam,
+                _logits(explainer.backbone, embedding.image, embedding.features))
 
 
 def function_change(reference: Sequence[View], model: Sequence[View]) -> FunctionChange | None:
@@ -220,6 +222,7 @@ def stages(backbone: Backbone, images: Sequence[Item], label: str, max_side: int
 def boxes_of(items: Sequence[Item], views: Sequence[View]) -> dict[str, dict[str, tuple[float, ...]]]:
     """Method → image id → box."""
     return {"lost": {i.image_id: v.lost.box for i, v in zip(items, views)},
+            "tokencut": {i.image_id: v.tokencut.box for i, v in zip(items, views)},
             "gradcam": {i.image_id: v.cam.box for i, v in zip(items, views)}}
 
 

@@ -18,16 +18,18 @@ from discovery.pul.measures import STAGES
 from .compare import METHODS, Comparison, ModelReport, View, whole_image_corloc
 
 CAM_BOX_COLOR = (255, 255, 255)
+TOKENCUT_BOX_COLOR = (0, 160, 255)
 
 
 def _row(view: View, name: str) -> np.ndarray:
     loc, cam = view.lost, view.cam
     prepared = cam.embedding.image
     box, degree, _ = viz.lost_panels(prepared.rgb, tuple(prepared.tensor.shape[1:]), loc)
+    box = viz.draw_box(box, view.tokencut.box, loc.image_size, color=TOKENCUT_BOX_COLOR)
     heat = viz.draw_box(viz.heatmap(prepared.rgb, cam.cam), cam.box, loc.image_size, color=CAM_BOX_COLOR)
     target = cam.target_name if cam.probability is None else f"{cam.target_name} p={cam.probability:.2f}"
     return viz.compose([
-        viz.Panel(box, f"{name}: LOST box and seed"),
+        viz.Panel(box, f"{name}: LOST box (red), seed; TokenCut box (blue)"),
         viz.Panel(degree, "inverse degree", colorbar=("many links", "few links: seed")),
         viz.Panel(heat, f"Grad-CAM: {target}", colorbar=("low", "high")),
     ])
@@ -93,6 +95,7 @@ def as_json(comparison: Comparison) -> dict:
             "stages": [{"stage": s.stage, "top4_abs": list(s.top), "max_over_median": s.ratio} for s in r.stages],
             "corloc": {m: {"value": c.value, "correct": c.correct, "total": c.total} for m, c in r.corloc.items()},
             "images": [{"image": i.image_id, "lost_box": _box(v.lost.box), "seed": _box(v.lost.seed_xy),
+                        "tokencut_box": _box(v.tokencut.box),
                         "gradcam_box": _box(v.cam.box), "gradcam_target": v.cam.target_name}
                        for i, v in zip(comparison.items, views)],
         })

@@ -37,7 +37,7 @@ from discovery.files import write_text_atomic
 from discovery.pul import PULConfig, PULError, plot_dynamics, read_dynamics, state_path, train
 from discovery.sampling import generator
 
-from .compare import compare, explainers, image_items, whole_image_corloc
+from .compare import METHODS, compare, explainers, image_items, whole_image_corloc
 from .compare_report import write_report
 from .photos import held_out, photos, write_photos
 
@@ -165,7 +165,7 @@ def dynamics_summary(csv_path: Path) -> dict[str, float]:
 
 
 MEASURES = ("set_images", "heldout_images", "heldout_top1", "heldout_kl", "set_top1", "set_kl", "degree_r", "gradcam_r",
-            "corloc_lost", "corloc_gradcam", "base_corloc_lost", "base_corloc_gradcam")
+            "corloc_lost", "corloc_tokencut", "corloc_gradcam", "base_corloc_lost", "base_corloc_tokencut", "base_corloc_gradcam")
 
 
 def _measure(config: StudyConfig, model: str, photos_root: Path, heldout: Path, report: Path) -> dict[str, float | None]:
@@ -186,8 +186,8 @@ def _measure(config: StudyConfig, model: str, photos_root: Path, heldout: Path, 
         "set_kl": cell.function.kl if cell.function else nan,
         "degree_r": cell.maps.degree if cell.maps.degree is not None else nan,
         "gradcam_r": cell.maps.cam,
-        "corloc_lost": cell.corloc["lost"].value, "corloc_gradcam": cell.corloc["gradcam"].value,
-        "base_corloc_lost": base.corloc["lost"].value, "base_corloc_gradcam": base.corloc["gradcam"].value,
+        **{f"corloc_{m}": cell.corloc[m].value for m in METHODS},
+        **{f"base_corloc_{m}": base.corloc[m].value for m in METHODS},
     }
 
 
@@ -240,7 +240,7 @@ COLUMNS = (
     ("ce_end", "CE end", ".2f"), ("kl_end", "KL end", ".2g"), ("grad_norm_max", "max grad norm", ".3g"),
     ("heldout_top1", "top-1 kept (held-out)", ".0%"), ("set_top1", "top-1 kept (set)", ".0%"),
     ("heldout_kl", "KL to base (held-out)", ".2g"), ("degree_r", "degree r", ".3f"), ("gradcam_r", "Grad-CAM r", ".3f"),
-    ("corloc_lost", "CorLoc LOST", ".1f"), ("corloc_gradcam", "CorLoc Grad-CAM", ".1f"),
+    ("corloc_lost", "CorLoc LOST", ".1f"), ("corloc_tokencut", "CorLoc TokenCut", ".1f"), ("corloc_gradcam", "CorLoc Grad-CAM", ".1f"),
 )
 
 
@@ -271,7 +271,8 @@ def run_study(config: StudyConfig, say=print) -> list[dict]:
     first = next((r for r in rows if not r["diverged"]), rows[0])
     whole = whole_image_corloc(image_items(dataset="voc07", root=photos_root)[0])
     header = (f"# PUL study from `{config.base}`\n\n{images} training crops; CorLoc on the {first['set_images']} "
-              f"set photos (base: LOST {first['base_corloc_lost']:.1f}, Grad-CAM {first['base_corloc_gradcam']:.1f}; "
+              f"set photos (base: LOST {first['base_corloc_lost']:.1f}, TokenCut {first['base_corloc_tokencut']:.1f}, "
+              f"Grad-CAM {first['base_corloc_gradcam']:.1f}; "
               f"a whole-image box: {whole.value:.1f}); "
               f"top-1 kept on {first['heldout_images']} held-out photos and on the set.\n\n")
     write_text_atomic(out / "study.md", header + table(rows))

@@ -59,7 +59,7 @@ def test_compare_real_network_against_random_writes_the_report(photo_root, tmp_p
     assert main(["compare", LITE0, "random", "--dataset", "voc07", "--root", str(photo_root), "--stride", "32",
                  "--limit", "3", "--max-side", "256", "--out-dir", str(out)]) == 0
     report = (out / "report.md").read_text()
-    assert "CorLoc lost (of 3)" in report and "CorLoc gradcam (of 3)" in report
+    assert "CorLoc lost (of 3)" in report and "CorLoc tokencut (of 3)" in report and "CorLoc gradcam (of 3)" in report
     assert "pipeline check" in report  # the random backbone is labelled
     assert "whole image scores CorLoc" in report  # the floor: astronaut and chelsea are large, coffee too
     assert "whole image scores CorLoc 100.0 % (3/3)" in report
@@ -74,7 +74,7 @@ def test_compare_real_network_against_random_writes_the_report(photo_root, tmp_p
     for model in data["models"]:
         assert [s["stage"] for s in model["stages"]] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
         assert all(len(s["top4_abs"]) == 4 for s in model["stages"])
-        assert set(model["corloc"]) == {"lost", "gradcam"} and model["corloc"]["lost"]["total"] == 3
+        assert set(model["corloc"]) == {"lost", "tokencut", "gradcam"} and model["corloc"]["lost"]["total"] == 3
         assert len(model["images"]) == 3
     # The real network finds chelsea's cat with Grad-CAM's class and names it.
     chelsea = reference["images"][1]

@@ -94,9 +94,11 @@ def test_browser_compare_shows_both_rows(server, chelsea):
             page.locator("#input-image input[type=file]").set_input_files(str(chelsea))
             page.wait_for_selector("#input-image img")
             page.get_by_text("Compare with another backbone").click()
-            page.fill("#checkpoint-b textarea", LITE0)
             page.locator("#backbone-b input").fill("checkpoint")
             page.keyboard.press("Enter")
+            page.fill("#checkpoint-b textarea", LITE0)  # after the choice: its change handler must not race the text
+            page.locator("#checkpoint-b textarea").blur()
+            assert page.input_value("#checkpoint-b textarea") == LITE0
             page.click("#compare-run")
             # the comparison ends with a result or an error line (⚠) in the status
             page.wait_for_function("['Compared', '⚠'].some(s => document.querySelector('#compare-status').innerText.includes(s))",

@@ -41,7 +41,7 @@ def test_every_cell_is_a_run_folder_with_its_figures(study):
         assert figures["cell"] == name and figures["steps"] == 2 and not figures["diverged"]
         assert figures["set_images"] >= 5 and figures["heldout_images"] == 9
         for key in ("majority_share", "swing_rate", "speed_median", "ce_start", "ce_end", "kl_end", "grad_norm_max",
-                    "heldout_top1", "heldout_kl", "set_top1", "gradcam_r", "corloc_lost", "corloc_gradcam"):
+                    "heldout_top1", "heldout_kl", "set_top1", "gradcam_r", "corloc_lost", "corloc_tokencut", "corloc_gradcam"):
             assert math.isfinite(figures[key]), (name, key)
         assert 0 <= figures["heldout_top1"] <= 1 and 0 <= figures["corloc_lost"] <= 100
     table = (study / "study.md").read_text()
