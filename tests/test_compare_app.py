@@ -94,8 +94,9 @@ def test_browser_compare_shows_both_rows(server, chelsea):
             page.locator("#input-image input[type=file]").set_input_files(str(chelsea))
             page.wait_for_selector("#input-image img")
             page.get_by_text("Compare with another backbone").click()
-            page.locator("#backbone-b input").fill("checkpoint")
-            page.keyboard.press("Enter")
+            page.click("#backbone-b input")  # pick the entry by clicking it: Enter raced the option list
+            page.get_by_role("option", name="checkpoint or other network", exact=False).click()
+            page.wait_for_function("document.querySelector('#backbone-b input').value.startsWith('checkpoint')")
             page.fill("#checkpoint-b textarea", LITE0)  # after the choice: its change handler must not race the text
             page.locator("#checkpoint-b textarea").blur()
             assert page.input_value("#checkpoint-b textarea") == LITE0
