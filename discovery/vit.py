@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import external
+from . import external, onednn
 from . import weights as W
 from .backbone import Backbone, BackboneInfo, PooledTrunk, state_sha256
 from .defaults import VIT_FEATURES
@@ -73,18 +73,14 @@ def dino_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
 
 
 class OneDNNLinear(nn.Linear):
-    """``nn.Linear`` (same parameters, same keys) whose CPU float32 inference product runs as a
-    1×1 channels-last convolution: oneDNN's kernels, ≈ 2× MKL's ``sgemm`` on the ViT's shapes on the
-    AMD EPYC dev machine (docs/performance.md). With gradients, on a GPU or under autocast it is
-    ``F.linear``; the two agree to float32 rounding (the bench checks the boxes)."""
+    """``nn.Linear`` (same parameters, same keys) whose CPU float32 inference product runs through
+    oneDNN (:func:`discovery.onednn.linear`); with gradients, on a GPU or under autocast it is
+    ``F.linear``. The two agree to float32 rounding (the bench checks the boxes)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-            return F.linear(x, self.weight, self.bias)
-        lead = x.shape[:-1]
-        image = x.reshape(1, 1, -1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, in, 1, tokens), channels-last
-        out = F.conv2d(image, self.weight[:, :, None, None], self.bias)
-        return out.permute(0, 2, 3, 1).reshape(*lead, -1)
+        if onednn.usable(x):
+            return onednn.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 def use_onednn_linears(blocks: nn.Module) -> None:
