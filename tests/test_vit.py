@@ -328,3 +328,26 @@ def test_a_timm_vit_with_registers_drops_them_from_features_and_token_norms(tmp_
     image = prepare(np.full((70, 98, 3), 120, np.uint8), checkpoint.backbone.mean, checkpoint.backbone.std, 14, None)
     norms = token_norms(checkpoint, [image])
     assert len(norms.norms) == 35 and norms.median > 0  # the patch tokens only
+
+
+def test_pul_on_a_vit_with_registers_and_its_token_norms_before_and_after(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(5)
+    net = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "reg4.safetensors"))
+    base = "timm:vit_small_patch14_reg4_dinov2@reg4.safetensors"
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(np.roll(_photo(), 40 * i, axis=1)).save(tmp_path / "imgs" / f"{i}.png")
+    done = _cli("pul", "train", "--backbone", base, "--images", "imgs", "--epochs", "1", "--batch-size", "2",
+                "--input-size", "56", "--lr", "0.01", "--out", "reg4-pul.safetensors", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trained = load_backbone(str(tmp_path / "reg4-pul.safetensors"))
+    assert isinstance(trained.trunk, ViTTrunk) and trained.trunk.prefix == 5
+    done = _cli("pul", "evidence", "--checkpoints", base, "pul:reg4-pul.safetensors", "--images", "imgs",
+                "--out", "ev", "--count", "2", "--no-plot", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(",") for line in (tmp_path / "ev" / "token_norms.csv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["vit_small_patch14_reg4_dinov2", "reg4-pul.safetensors"]  # the base, then after PUL
+    assert all(float(r[1]) > 0 and 0 <= float(r[4]) <= 1 for r in rows)  # median norm, high-norm fraction
