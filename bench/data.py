@@ -17,6 +17,7 @@ VOC_SIZES = ((375, 500), (500, 375), (333, 500), (375, 500), (500, 333), (375, 5
 # COCO train2014's most common sizes: most images are 640 px on the long side.
 COCO_SIZES = ((480, 640), (427, 640), (640, 480), (480, 640), (424, 640), (640, 427), (480, 640), (512, 640))
 
+
 def _write_images(folder: Path, seed: int, indices: range, sizes: tuple[tuple[int, int], ...]) -> None:
     from discovery.eval.synth import make_image, write_voc
 

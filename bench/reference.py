@@ -21,6 +21,9 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+#: the normalisation both references use (torchvision's ImageNet mean and std)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 def reference_lost(feats: torch.Tensor, dims: tuple[int, int], scales: tuple[float, float],
                    init_image_size: tuple[int, int], k_patches: int = 100):

@@ -25,17 +25,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .reference import load_padded, order_defined, reference_lost
+from .reference import IMAGENET_MEAN, IMAGENET_STD, load_padded, order_defined, reference_lost
 from .reference_tokencut import ncut_defined, reference_ncut
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 def reference_network(net: nn.Module) -> nn.Module:
     """A copy of ``net`` in eval mode whose linear layers are torch's own ``nn.Linear`` (DINO's
@@ -125,13 +122,9 @@ def hooked_keys(net: nn.Module, img: torch.Tensor, feat_out: dict) -> torch.Tens
     return k.transpose(1, 2).reshape(nb_im, nb_tokens, -1)
 
 
-def reference_vit_loop(paths: Sequence[Path], net: nn.Module, method: str, k_patches: int = 100, tau: float = 0.2,
-                       eps: float = 1e-5, device: str = "cpu") -> tuple[list[list[float]], float]:
-    """Box per image, one image at a time, as ``main_lost.py`` (``method="lost"``) or
-    ``main_tokencut.py`` (``"tokencut"``) runs; also the seconds spent after the forward pass
-    (``lost`` or ``ncut``), so the post-processing's share of the loop can be reported."""
-    if method not in ("lost", "tokencut"):
-        raise ValueError(f"method must be 'lost' or 'tokencut', got {method!r}")
+def reference_keys(paths: Sequence[Path], net: nn.Module, device: str = "cpu") -> Iterator[tuple[torch.Tensor, tuple[int, int], torch.Size]]:
+    """Per image of ``paths``, as both references compute them: the hooked keys ``(1, 1 + N, C)``
+    (CLS first), the grid ``(h, w)`` and the unpadded image's shape ``(3, H, W)``."""
     net = reference_network(net).to(device)
     patch_size = int(net.patch_embed.patch_size[0])
     feat_out: dict = {}
@@ -140,40 +133,43 @@ def reference_vit_loop(paths: Sequence[Path], net: nn.Module, method: str, k_pat
         feat_out["qkv"] = output
 
     handle = net.blocks[-1].attn.qkv.register_forward_hook(hook_fn_forward_qkv)
-    boxes, post_s = [], 0.0
     try:
         for path in paths:
             img, init_image_size = load_padded(path, IMAGENET_MEAN, IMAGENET_STD, patch_size)
             img = img.to(device)
-            w_featmap, h_featmap = img.shape[-2] // patch_size, img.shape[-1] // patch_size
-            scales = [patch_size, patch_size]
             with torch.no_grad():
                 k = hooked_keys(net, img, feat_out)
-                start = time.perf_counter()
-                if method == "lost":
-                    box, _, _ = reference_lost(k[:, 1:, :], (w_featmap, h_featmap), scales, init_image_size[1:], k_patches)
-                else:
-                    pred, *_ = reference_ncut(k, (w_featmap, h_featmap), scales, init_image_size, tau, eps)
-                    box = [float(v) for v in pred]
-                post_s += time.perf_counter() - start
-            boxes.append(box)
+            yield k, (img.shape[-2] // patch_size, img.shape[-1] // patch_size), init_image_size
     finally:
         handle.remove()
+
+
+def reference_vit_loop(paths: Sequence[Path], net: nn.Module, method: str, k_patches: int = 100, tau: float = 0.2,
+                       eps: float = 1e-5, device: str = "cpu") -> tuple[list[list[float]], float]:
+    """Box per image, one image at a time, as ``main_lost.py`` (``method="lost"``) or
+    ``main_tokencut.py`` (``"tokencut"``) runs; also the seconds spent after the forward pass
+    (``lost`` or ``ncut``), so the post-processing's share of the loop can be reported."""
+    if method not in ("lost", "tokencut"):
+        raise ValueError(f"method must be 'lost' or 'tokencut', got {method!r}")
+    patch_size = int(net.patch_embed.patch_size[0])
+    scales = [patch_size, patch_size]
+    boxes, post_s = [], 0.0
+    for k, dims, init_image_size in reference_keys(paths, net, device):
+        start = time.perf_counter()
+        with torch.no_grad():
+            if method == "lost":
+                box, _, _ = reference_lost(k[:, 1:, :], dims, scales, init_image_size[1:], k_patches)
+            else:
+                pred, *_ = reference_ncut(k, dims, scales, init_image_size, tau, eps)
+                box = [float(v) for v in pred]
+        post_s += time.perf_counter() - start
+        boxes.append(box)
     return boxes, post_s
 
 
 def reference_defined(path: Path, net: nn.Module, method: str, k_patches: int = 100, tau: float = 0.2) -> bool:
     """Whether the reference's box on ``path`` is defined by the features (no tie its sort or its
     solver would break: :func:`~bench.reference.order_defined`, :func:`~bench.reference_tokencut.ncut_defined`)."""
-    net = reference_network(net)
-    patch_size = int(net.patch_embed.patch_size[0])
-    feat_out: dict = {}
-    handle = net.blocks[-1].attn.qkv.register_forward_hook(lambda module, args, output: feat_out.__setitem__("qkv", output))
-    try:
-        img, _ = load_padded(path, IMAGENET_MEAN, IMAGENET_STD, patch_size)
-        with torch.no_grad():
-            k = hooked_keys(net, img.to(next(net.parameters()).device), feat_out).cpu()
-    finally:
-        handle.remove()
-    dims = (img.shape[1] // patch_size, img.shape[2] // patch_size)
+    ((k, dims, _),) = reference_keys([path], net, str(next(net.parameters()).device))
+    k = k.cpu()
     return order_defined(k[:, 1:], dims, k_patches) if method == "lost" else ncut_defined(k, dims, tau)

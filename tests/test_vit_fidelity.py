@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from bench.data import make_voc
-from bench.reference import load_padded, order_defined
+from bench.reference import order_defined
 from bench.reference_tokencut import ncut_defined
-from bench.reference_vit import IMAGENET_MEAN, IMAGENET_STD, hooked_keys, reference_network, reference_vit_loop
+from bench.reference_vit import reference_keys, reference_vit_loop
 from discovery.backbones import load_backbone
 from discovery.eval.run_options import RunOptions
 from discovery.eval.runner import run
@@ -26,18 +26,7 @@ def vit_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("vit-voc")
     paths = make_voc(root, N_IMAGES)
     net = load_backbone("random-vits16").trunk.net
-    reference = reference_network(net)
-    keys = []
-    out: dict = {}
-    handle = reference.blocks[-1].attn.qkv.register_forward_hook(lambda module, args, output: out.__setitem__("qkv", output))
-    try:
-        for path in paths:
-            img, size = load_padded(path, IMAGENET_MEAN, IMAGENET_STD, 16)
-            with torch.no_grad():
-                keys.append((hooked_keys(reference, img, out), (img.shape[1] // 16, img.shape[2] // 16), size))
-    finally:
-        handle.remove()
-    return root, paths, net, keys
+    return root, paths, net, list(reference_keys(paths, net))
 
 
 def _eval_boxes(root, out, method: str, batch_size: int, k: int) -> dict:
