@@ -11,6 +11,7 @@ library's one-line errors (:class:`~discovery.weights.WeightsError`,
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from discovery import viz
+from discovery import options, viz
 from discovery import names as N
 from discovery import weights as W
 from discovery.backbone import Backbone
@@ -76,12 +77,11 @@ def _typed_name(text: str) -> str:
 def parse_tau(value: float | str | None) -> float:
     """TokenCut's τ from the UI: a number, a cosine similarity in [-1, 1]; raises ValueError (one line)."""
     try:
-        tau = float(value)  # type: ignore[arg-type]  # None and bad text fail here
-    except (TypeError, ValueError):
+        return options.cosine(str(value))  # the command line's --tau check
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"tau {err}") from None
+    except ValueError:  # None and bad text
         raise ValueError(f"tau must be a number (a cosine similarity in [-1, 1]), got {value!r}") from None
-    if not -1.0 <= tau <= 1.0:  # also refuses nan
-        raise ValueError(f"tau must be a cosine similarity in [-1, 1], got {value}")
-    return tau
 
 
 def parse_target(text: str | int | None) -> int | str | None:
